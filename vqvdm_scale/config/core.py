@@ -1,0 +1,260 @@
+"""The one config system: typed dataclass trees, YAML files, ``a.b=c`` overrides, resolved dumps.
+
+Every stage (make_shards, VQGAN, encode_latents, LDM, sampling, launchers) describes its options as a
+tree of ``@dataclass`` sections and loads it through :func:`load_config`. Unknown keys and bad values
+raise :class:`ConfigError` naming the dotted key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+T = TypeVar("T")
+
+BASE_KEY = "_base_"
+
+
+class ConfigError(ValueError):
+    """A config key or value a user wrote is wrong; the message says which and what is allowed."""
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in get_args(tp))
+    if origin in (list, tuple, Sequence):
+        args = get_args(tp)
+        inner = _type_name(args[0]) if args else "any"
+        return f"list of {inner}"
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Convert ``value`` (from YAML or the command line) to ``tp`` or raise ConfigError."""
+    origin = get_origin(tp)
+    if tp is Any:
+        return value
+    if origin is Literal:
+        allowed = get_args(tp)
+        if value not in allowed:
+            raise ConfigError(f"{key}: {value!r} is not allowed; choose one of {', '.join(map(repr, allowed))}")
+        return value
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key}: {value!r} is not a valid {_type_name(tp)}")
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}: expected a mapping for section {tp.__name__}, got {value!r}")
+        return from_dict(tp, value, prefix=key)
+    if origin in (tuple, list, Sequence) or tp in (tuple, list):
+        if isinstance(value, str) and "," in value:
+            value = [v.strip() for v in value.split(",")]
+        if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+        args = get_args(tp)
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(args) != len(value):
+                raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)} ({value!r})")
+            items = [_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True))]
+        else:
+            inner = args[0] if args else Any
+            items = [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if (origin is tuple or tp is tuple) else list(items)
+    if origin in (dict, Mapping) or tp is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def _fields(cls: type) -> dict[str, Any]:
+    hints = get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.init}
+
+
+def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
+    """Build dataclass ``cls`` from a nested mapping, rejecting unknown keys and coercing types."""
+    fields = _fields(cls)
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        key = f"{prefix}.{name}" if prefix else name
+        if name not in fields:
+            raise ConfigError(
+                f"unknown config key {key!r}; allowed keys{' in ' + prefix if prefix else ''}: "
+                f"{', '.join(sorted(fields))}"
+            )
+        kwargs[name] = _coerce(value, fields[name], key)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{prefix or cls.__name__}: {e}") from e
+
+
+def to_dict(cfg: Any) -> Any:
+    """A plain (YAML/JSON-safe) nested dict of a config tree."""
+    if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
+        return {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    if isinstance(cfg, (list, tuple)):
+        return [to_dict(v) for v in cfg]
+    if isinstance(cfg, dict):
+        return {k: to_dict(v) for k, v in cfg.items()}
+    return cfg
+
+
+def _deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = _deep_merge(dict(out[k]), v)
+        else:
+            out[k] = v
+    return out
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a config YAML, following ``_base_: other.yaml`` (relative to the file) for inheritance."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    with open(path) as f:
+        data = yaml.safe_load(f) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level of a config file must be a mapping")
+    base = data.pop(BASE_KEY, None)
+    if base:
+        bases = [base] if isinstance(base, str) else list(base)
+        merged: dict[str, Any] = {}
+        for b in bases:
+            merged = _deep_merge(merged, read_yaml(path.parent / b))
+        data = _deep_merge(merged, data)
+    return data
+
+
+def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
+    """Turn ``["train.lr=1e-4", "model.channel_mult=[1,2]"]`` into a nested dict."""
+    out: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+        dotted, raw = item.split("=", 1)
+        value = yaml.safe_load(raw) if raw != "" else ""
+        node = out
+        parts = dotted.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r} conflicts with an earlier override of {p!r}")
+        node[parts[-1]] = value
+    return out
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
+    """Defaults of ``cls`` <- YAML file (with ``_base_``) <- ``a.b=c`` overrides, then validated."""
+    data: dict[str, Any] = read_yaml(path) if path else {}
+    data = _deep_merge(data, parse_overrides(overrides))
+    return from_dict(cls, data)
+
+
+def dump_config(cfg: Any, path: str | Path) -> Path:
+    """Write the resolved config as YAML (``.yaml``) or JSON (``.json``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = to_dict(cfg)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w") as f:
+        if path.suffix == ".json":
+            json.dump(data, f, indent=2, sort_keys=False)
+        else:
+            yaml.safe_dump(data, f, sort_keys=False)
+    tmp.replace(path)
+    return path
+
+
+def replace(cfg: T, **changes: Any) -> T:
+    """``dataclasses.replace`` re-exported so callers need not import dataclasses."""
+    return dataclasses.replace(cfg, **changes)  # type: ignore[type-var]
+
+
+def override_types_hint(cls: type) -> dict[str, str]:
+    """Flat ``{dotted.key: type}`` listing of a config tree, for ``--help`` output."""
+    out: dict[str, str] = {}
+    for name, tp in _fields(cls).items():
+        if dataclasses.is_dataclass(tp):
+            for k, v in override_types_hint(tp).items():
+                out[f"{name}.{k}"] = v
+        else:
+            out[name] = _type_name(tp)
+    return out
+
+
+__all__ = [
+    "ConfigError",
+    "dump_config",
+    "from_dict",
+    "load_config",
+    "override_types_hint",
+    "parse_overrides",
+    "read_yaml",
+    "replace",
+    "to_dict",
+]
