@@ -1,1 +1,31 @@
+"""Stage-1 3D VQGAN tokenizer: config, presets, encoder/quantizer/decoder, discriminators, export."""
 
+from vqvdm_scale.models.tokenizer.config import TokenizerConfig
+from vqvdm_scale.models.tokenizer.discriminator import (
+    DiscOutput,
+    DiscriminatorConfig,
+    Discriminators,
+    FrameDiscriminator2d,
+    VideoDiscriminator3d,
+)
+from vqvdm_scale.models.tokenizer.export import export_tokenizer, load_tokenizer, read_fingerprint
+from vqvdm_scale.models.tokenizer.presets import TOKENIZER_PRESETS, tokenizer_preset
+from vqvdm_scale.models.tokenizer.quantizer import QuantizerOutput, VectorQuantizer
+from vqvdm_scale.models.tokenizer.vqgan import VQTokenizer
+
+__all__ = [
+    "TOKENIZER_PRESETS",
+    "DiscOutput",
+    "DiscriminatorConfig",
+    "Discriminators",
+    "FrameDiscriminator2d",
+    "QuantizerOutput",
+    "TokenizerConfig",
+    "VQTokenizer",
+    "VectorQuantizer",
+    "VideoDiscriminator3d",
+    "export_tokenizer",
+    "load_tokenizer",
+    "read_fingerprint",
+    "tokenizer_preset",
+]
