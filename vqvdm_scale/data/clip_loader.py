@@ -1,0 +1,687 @@
+"""Video clip batches from WebDataset shards over fsspec, with exact resume for the seeded-shuffle mode.
+
+Pipeline per reader (one reader = one DataLoader worker of one rank), after open_clip's layout:
+
+    shard list -> seeded shuffle by (seed, epoch) | ResampledShards   (same order on every rank)
+      -> split by rank (explicit rank/world_size, not read from torch.distributed)
+      -> split by worker -> fsspec open -> tar samples (errors counted, never raised)
+      -> sample shuffle buffer (train) -> number samples, skip the ones a resumed run already used
+      -> decode (npy, or mp4 via video_io; PyAV imported only here) -> clip window -> crop/flip
+      -> [-1, 1] float, [C, T, H, W] -> batch {"video", "label", "fps", "key"}
+
+Guarantees (see :class:`ClipLoader`):
+
+* seeded-shuffle mode (``resampled=false``): within one epoch each sample of the shard set is read by
+  exactly one (rank, worker); with ``drop_last=false`` every sample that decodes and is long enough
+  is yielded exactly once (``drop_last=true`` drops each reader's last partial batch). The order is a
+  pure function of (seed, epoch, rank, num_workers, world_size). Resuming from
+  :meth:`ClipLoader.state_dict` with the same layout yields exactly the batches an uninterrupted loader
+  would have yielded next, and replays nothing; skipped samples are re-read from the tar stream but
+  not decoded. With a different layout (workers, ranks) the interrupted epoch's rest is dropped and
+  the next epoch starts (nothing replays; some samples of that epoch are not seen).
+* resampled mode: shards are drawn with replacement, per (rank, worker) RNG. A resumed run reseeds
+  with (seed, epoch, samples consumed), so it continues with new randomness instead of repeating the
+  stream it already used; it is not a bit-exact continuation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import io
+import json
+import logging
+import random
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from itertools import islice
+from typing import Any, Literal, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import webdataset as wds
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from webdataset.tariterators import group_by_keys, tar_file_expander
+
+from vqvdm_scale.config.core import ConfigError
+from vqvdm_scale.data.urls import open_url, resolve_shards
+
+log = logging.getLogger(__name__)
+
+Batch = dict[str, Any]
+
+
+# ----------------------------------------------------------------------------------------------- config
+
+
+@dataclass
+class ClipLoaderConfig:
+    """Where the video shards are and how clips are cut, augmented, shuffled and batched."""
+
+    train_shards: str = ""  # manifest dir, brace pattern, or comma-separated list (see data.urls)
+    eval_shards: Optional[str] = None
+    frames: int = 16  # T, frames per clip
+    frame_stride: int = 1  # take every k-th source frame; the batch's fps is source fps / k
+    resolution: int = 128  # square crop size; videos are first resized so their short side is this
+    random_crop: bool = True  # train: random crop position along the long side (eval: always centred)
+    random_flip: bool = True  # train: horizontal flip with p=0.5 (eval: never)
+    short_videos: Literal["skip", "loop"] = "skip"  # < (T-1)*stride+1 frames: drop and count, or wrap
+    batch_size: int = 8  # per rank
+    num_workers: int = 2
+    resampled: bool = False  # True: infinite sampling of shards with replacement (open_clip style)
+    shuffle_buffer: int = 256  # samples held for shuffling within a reader (train); 0/1 = off
+    seed: int = 0
+    epoch_samples: Optional[int] = None  # resampled mode: clips per rank that make one epoch
+    drop_last: bool = True  # train: drop each reader's last partial batch (eval keeps it)
+    prefetch_factor: int = 2
+    pin_memory: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("frames", "frame_stride", "resolution", "batch_size", "prefetch_factor"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"data.{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_workers < 0:
+            raise ConfigError(f"data.num_workers must be >= 0, got {self.num_workers}")
+        if self.shuffle_buffer < 0:
+            raise ConfigError(f"data.shuffle_buffer must be >= 0, got {self.shuffle_buffer}")
+        if self.short_videos not in ("skip", "loop"):
+            raise ConfigError(f"data.short_videos must be 'skip' or 'loop', got {self.short_videos!r}")
+        if self.epoch_samples is not None:
+            if not self.resampled:
+                raise ConfigError(
+                    "data.epoch_samples only applies with data.resampled=true (a seeded-shuffle epoch is "
+                    "one pass over the shards); unset it or set data.resampled=true"
+                )
+            if self.epoch_samples < self.batch_size:
+                raise ConfigError(
+                    f"data.epoch_samples={self.epoch_samples} is smaller than data.batch_size={self.batch_size}"
+                )
+
+    @property
+    def clip_span(self) -> int:
+        """Source frames one clip covers: (T - 1) * stride + 1."""
+        return (self.frames - 1) * self.frame_stride + 1
+
+
+# ------------------------------------------------------------------------------------------ loader state
+
+
+@dataclass
+class LoaderState:
+    """Where one rank's loader stands: enough to resume without replaying what it already yielded.
+
+    ``samples_consumed`` / ``batches_consumed`` count what this rank yielded in the current epoch;
+    ``worker_cursors[w]`` is how many raw (pre-decode) samples logical worker ``w`` used this epoch;
+    ``next_worker`` is the logical worker whose batch comes next; ``num_workers``, ``world_size`` and
+    ``rank`` record the layout the cursors refer to; ``reseed`` is the resampled mode's stream salt.
+    The state is per rank: a trainer saves every rank's state (e.g. gathered into the checkpoint).
+    """
+
+    epoch: int = 0
+    seed: int = 0
+    samples_consumed: int = 0
+    batches_consumed: int = 0
+    worker_cursors: list[int] = field(default_factory=list)
+    next_worker: int = 0
+    num_workers: int = 1
+    world_size: int = 1
+    rank: int = 0
+    resampled: bool = False
+    reseed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-safe dict (goes into checkpoint client_state)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LoaderState:
+        """Inverse of :meth:`to_dict`; ValueError on unknown keys (a state from another loader)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise ValueError(f"loader state has unknown keys {sorted(unknown)}; it is not a ClipLoader state")
+        out = cls(**data)
+        out.worker_cursors = [int(c) for c in out.worker_cursors]
+        return out
+
+
+# --------------------------------------------------------------------------------- shard-level pipeline
+
+
+def mix_seed(*values: int) -> int:
+    """A 63-bit seed depending on every value; stable across processes and Python versions."""
+    h = hashlib.blake2b(digest_size=8)
+    for v in values:
+        h.update(int(v).to_bytes(16, "little", signed=True))
+    return int.from_bytes(h.digest(), "little") >> 1
+
+
+class ErrorCounter:
+    """A non-throwing webdataset handler: counts the exceptions it swallows and logs the first few."""
+
+    def __init__(self, where: str = "", max_logged: int = 5) -> None:
+        self.where = where
+        self.max_logged = max_logged
+        self.count = 0
+
+    def __call__(self, exn: BaseException) -> bool:
+        """Record ``exn`` and tell webdataset to continue with the next item."""
+        self.count += 1
+        if self.count <= self.max_logged:
+            log.warning("skipping bad shard data%s: %r", f" ({self.where})" if self.where else "", exn)
+        return True
+
+
+def fsspec_open_shards(
+    data: Iterable[dict[str, Any]], handler: Callable[[BaseException], bool]
+) -> Iterator[dict[str, Any]]:
+    """Webdataset url opener through fsspec: ``{"url"}`` -> ``{"url", "stream"}`` for any fsspec URL."""
+    for item in data:
+        url = item["url"]
+        try:
+            stream = open_url(url, "rb")
+        except Exception as exn:  # noqa: BLE001 - a missing/unreadable shard is counted and skipped
+            exn.args = (*exn.args, url)
+            if handler(exn):
+                continue
+            break
+        try:
+            yield {**item, "stream": stream}
+        finally:
+            stream.close()  # the tar reader has moved on to the next shard (or was closed)
+
+
+def split_by_rank(src: Iterable[Any], rank: int, world_size: int) -> Iterator[Any]:
+    """Every ``world_size``-th item starting at ``rank`` (wds.split_by_node with explicit rank)."""
+    yield from islice(src, rank, None, world_size)
+
+
+def _number_and_skip(src: Iterable[dict[str, Any]], skip: int) -> Iterator[dict[str, Any]]:
+    """Tag samples with their position ``__index__`` in the reader's stream; drop the first ``skip``."""
+    for i, sample in enumerate(src):
+        if i >= skip:
+            sample["__index__"] = i
+            yield sample
+
+
+class _ConstSeed:
+    """Picklable ``worker_seed`` callable for wds.ResampledShards (our rank/worker, not torch.distributed's)."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+    def __call__(self) -> int:
+        return self.value
+
+
+def shard_sample_pipeline(
+    urls: Sequence[str],
+    *,
+    rank: int,
+    world_size: int,
+    worker: int = 0,
+    num_workers: int = 1,
+    seed: int = 0,
+    epoch: int = 0,
+    resampled: bool = False,
+    shuffle_shards: bool = True,
+    shuffle_buffer: int = 0,
+    reseed: int = 0,
+    skip: int = 0,
+    handler: Optional[Callable[[BaseException], bool]] = None,
+) -> wds.DataPipeline:
+    """Raw tar samples (dicts of bytes + ``__key__``, ``__url__``, ``__index__``) for one reader.
+
+    The reader is logical worker ``worker`` of ``num_workers`` on ``rank`` of ``world_size``. Seeded
+    mode: shards shuffled by (seed, epoch) identically on every rank, then split by rank and worker.
+    Resampled mode: shards drawn with replacement from all shards by an RNG of (seed, epoch, reseed,
+    rank, worker). ``skip`` drops the first samples after the shuffle buffer (resume). Tar and open
+    errors go to ``handler`` (default: an :class:`ErrorCounter`). A latent loader continues this
+    pipeline with its own decode.
+    """
+    if not urls:
+        raise ValueError("shard_sample_pipeline needs at least one shard URL")
+    handler = handler if handler is not None else ErrorCounter(f"rank {rank} worker {worker}")
+    stages: list[Any] = []
+    if resampled:
+        stages.append(
+            wds.ResampledShards(
+                list(urls),
+                seed=mix_seed(seed, epoch, reseed),
+                worker_seed=_ConstSeed(mix_seed(rank, worker)),
+                deterministic=True,
+            )
+        )
+    else:
+        stages.append(wds.SimpleShardList(list(urls), seed=mix_seed(seed, epoch) if shuffle_shards else None))
+        stages.append(functools.partial(split_by_rank, rank=rank, world_size=world_size))
+        stages.append(functools.partial(split_by_rank, rank=worker, world_size=num_workers))
+    stages += [
+        functools.partial(fsspec_open_shards, handler=handler),
+        functools.partial(tar_file_expander, handler=handler),
+        functools.partial(group_by_keys, handler=handler),
+    ]
+    if shuffle_buffer > 1:
+        rng = random.Random(mix_seed(seed, epoch, reseed, rank, worker, 1))
+        stages.append(wds.shuffle(shuffle_buffer, initial=shuffle_buffer, rng=rng))
+    stages.append(functools.partial(_number_and_skip, skip=skip))
+    return wds.DataPipeline(*stages)
+
+
+def reader_identity(worker_offset: int = 0) -> tuple[int, int]:
+    """(logical worker, workers) of the calling DataLoader worker; worker ``i`` plays ``(i + offset) % n``."""
+    info = get_worker_info()
+    if info is None:
+        return 0, 1
+    return (info.id + worker_offset) % info.num_workers, info.num_workers
+
+
+def check_enough_shards(num_shards: int, world_size: int, num_workers: int) -> None:
+    """ValueError if the seeded-shuffle split would leave a reader with no shard (it would hang DDP)."""
+    readers = world_size * max(1, num_workers)
+    if num_shards < readers:
+        raise ValueError(
+            f"{num_shards} shards cannot feed {world_size} ranks x {max(1, num_workers)} workers = {readers} "
+            "readers without repetition: write more shards (--shard-size smaller) or set data.resampled=true"
+        )
+
+
+# ------------------------------------------------------------------------------------- decode and clips
+
+
+def eval_windows(num_frames: int, frames: int, stride: int = 1) -> list[int]:
+    """Start frames of all non-overlapping clip windows, back to back on the stride grid.
+
+    Windows start at multiples of ``frames * stride`` so consecutive windows continue the same
+    stride-``stride`` frame grid (concatenated they form one long clip); a window needs
+    ``(frames - 1) * stride + 1`` source frames. Returns ``[]`` if the video is too short.
+    """
+    if frames < 1 or stride < 1:
+        raise ValueError(f"frames and stride must be >= 1, got frames={frames} stride={stride}")
+    span = (frames - 1) * stride + 1
+    return list(range(0, max(0, num_frames - span + 1), frames * stride))
+
+
+def decode_frames(sample: dict[str, Any]) -> tuple[np.ndarray, Optional[float]]:
+    """uint8 ``[T, H, W, 3]`` frames of a shard sample (``npy`` or ``mp4``) and the container fps if known."""
+    key = sample.get("__key__", "?")
+    if "npy" in sample:
+        frames = np.load(io.BytesIO(sample["npy"]), allow_pickle=False)
+        if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+            raise ValueError(f"sample {key}: npy must be uint8 [T, H, W, 3], got {frames.dtype} {frames.shape}")
+        return frames, None
+    if "mp4" in sample:
+        from vqvdm_scale.data.video_io import decode_mp4_bytes  # lazy: PyAV only where mp4s are read
+
+        frames, fps = decode_mp4_bytes(sample["mp4"])
+        return frames, float(fps)
+    raise ValueError(f"sample {key} has neither 'mp4' nor 'npy' (members: {sorted(sample)})")
+
+
+class _TooShort(Exception):
+    """The video has fewer frames than one clip needs (counted as skipped, not as an error)."""
+
+
+def _resize_short_side(video: torch.Tensor, size: int) -> torch.Tensor:
+    """[T, 3, H, W] float -> short side ``size`` (bilinear with antialias, aspect kept)."""
+    h, w = video.shape[-2:]
+    scale = size / min(h, w)
+    new = (max(size, round(h * scale)), max(size, round(w * scale)))
+    return F.interpolate(video, size=new, mode="bilinear", antialias=True, align_corners=False)
+
+
+@dataclass(frozen=True)
+class _ClipSpec:
+    frames: int
+    stride: int
+    resolution: int
+    train: bool
+    random_crop: bool
+    random_flip: bool
+    short_videos: str
+
+
+def make_clip(sample: dict[str, Any], spec: _ClipSpec, rng: random.Random) -> dict[str, Any]:
+    """Decode one shard sample into ``{"video": [3, T, S, S] float in [-1, 1], "label", "fps", "key"}``."""
+    meta = json.loads(sample["json"])
+    frames, container_fps = decode_frames(sample)
+    n = frames.shape[0]
+    span = (spec.frames - 1) * spec.stride + 1
+    if n < span:
+        if spec.short_videos == "skip":
+            raise _TooShort(sample.get("__key__"))
+        idx = (np.arange(spec.frames) * spec.stride) % n  # loop the video to fill the clip
+    else:
+        start = rng.randint(0, n - span) if spec.train else (n - span) // 2
+        idx = start + spec.stride * np.arange(spec.frames)
+    clip = frames[idx]  # [T, H, W, 3] uint8
+    s = spec.resolution
+    if min(clip.shape[1:3]) != s:
+        video = torch.from_numpy(np.ascontiguousarray(clip)).permute(0, 3, 1, 2).float()
+        video = _resize_short_side(video, s).clamp_(0, 255)  # [T, 3, H', W']
+    else:
+        video = torch.from_numpy(np.ascontiguousarray(clip)).permute(0, 3, 1, 2)
+    h, w = video.shape[-2:]
+    if spec.train and spec.random_crop:
+        top, left = rng.randint(0, h - s), rng.randint(0, w - s)
+    else:
+        top, left = (h - s) // 2, (w - s) // 2
+    video = video[:, :, top : top + s, left : left + s]
+    if spec.train and spec.random_flip and rng.random() < 0.5:
+        video = video.flip(-1)
+    video = video.permute(1, 0, 2, 3).float().div_(127.5).sub_(1.0).contiguous()  # [3, T, S, S]
+    fps = float(meta.get("fps", container_fps if container_fps is not None else 0.0))
+    return {
+        "video": video,
+        "label": int(meta["label"]),
+        "fps": fps / spec.stride,  # the clip's own frame rate
+        "key": str(sample.get("__key__")),
+    }
+
+
+def _collate(clips: list[dict[str, Any]], meta: dict[str, int]) -> Batch:
+    return {
+        "video": torch.stack([c["video"] for c in clips]),
+        "label": torch.tensor([c["label"] for c in clips], dtype=torch.int64),
+        "fps": torch.tensor([c["fps"] for c in clips], dtype=torch.float32),
+        "key": [c["key"] for c in clips],
+        "_meta": meta,
+    }
+
+
+class _ClipDataset(IterableDataset):
+    """One epoch of clip batches for one rank; each DataLoader worker builds its reader's pipeline."""
+
+    def __init__(
+        self,
+        urls: list[str],
+        spec: _ClipSpec,
+        *,
+        rank: int,
+        world_size: int,
+        seed: int,
+        epoch: int,
+        resampled: bool,
+        shuffle_buffer: int,
+        batch_size: int,
+        drop_last: bool,
+        reseed: int,
+        cursors: list[int],
+        worker_offset: int,
+    ) -> None:
+        super().__init__()
+        self.urls = urls
+        self.spec = spec
+        self.rank, self.world_size = rank, world_size
+        self.seed, self.epoch, self.reseed = seed, epoch, reseed
+        self.resampled = resampled
+        self.shuffle_buffer = shuffle_buffer
+        self.batch_size, self.drop_last = batch_size, drop_last
+        self.cursors = cursors
+        self.worker_offset = worker_offset
+
+    def __iter__(self) -> Iterator[Batch]:
+        worker, num_workers = reader_identity(self.worker_offset)
+        if num_workers != len(self.cursors):
+            raise RuntimeError(f"loader built for {len(self.cursors)} workers runs with {num_workers}")
+        counter = ErrorCounter(f"rank {self.rank} worker {worker}")
+        samples = shard_sample_pipeline(
+            self.urls,
+            rank=self.rank,
+            world_size=self.world_size,
+            worker=worker,
+            num_workers=num_workers,
+            seed=self.seed,
+            epoch=self.epoch,
+            resampled=self.resampled,
+            shuffle_shards=self.spec.train,
+            shuffle_buffer=self.shuffle_buffer if self.spec.train else 0,
+            reseed=self.reseed,
+            skip=self.cursors[worker],
+            handler=counter,
+        )
+        # augmentation randomness is a function of the sample's stream position, so a resumed reader
+        # that skips samples without decoding them still draws the same windows/crops/flips after
+        clip_seed = mix_seed(self.seed, self.epoch, self.reseed, self.rank, worker, 2)
+        batch: list[dict[str, Any]] = []
+        skipped = 0
+        cursor = self.cursors[worker]
+        for sample in samples:
+            cursor = sample["__index__"] + 1
+            try:
+                batch.append(make_clip(sample, self.spec, random.Random(mix_seed(clip_seed, cursor))))
+            except _TooShort:
+                skipped += 1
+                continue
+            except Exception as exn:  # noqa: BLE001 - a corrupt sample is counted and skipped
+                exn.args = (*exn.args, sample.get("__key__"), sample.get("__url__"))
+                counter(exn)
+                continue
+            if len(batch) == self.batch_size:
+                yield _collate(batch, dict(worker=worker, cursor=cursor, errors=counter.count, skipped=skipped))
+                batch = []
+        meta = dict(worker=worker, cursor=cursor, errors=counter.count, skipped=skipped)
+        if batch and not self.drop_last:
+            yield _collate(batch, meta)
+        # a clip-less tail item reports the counts of errors after this reader's last batch; it takes a
+        # turn in the DataLoader's worker round robin only when the reader has no batch left, so the
+        # order of real batches (and hence exact resume) does not depend on it
+        yield {"_meta": meta}
+
+
+# ------------------------------------------------------------------------------------------ the loader
+
+
+class ClipLoader:
+    """Iterable of clip batches for one rank, tracking :class:`LoaderState` as batches are yielded.
+
+    Train mode iterates forever, epoch after epoch (the epoch advances when every reader of this rank
+    ran out, or after ``epoch_samples`` clips in resampled mode); eval mode iterates one pass. Batches:
+    ``{"video": [B, 3, T, S, S] float32 in [-1, 1], "label": [B] int64, "fps": [B] float32,
+    "key": list[str]}``. ``state_dict()`` describes everything yielded so far; corrupt samples and
+    short videos are counted in :attr:`stats` (as of each worker's latest batch or end of stream).
+    """
+
+    def __init__(
+        self,
+        cfg: ClipLoaderConfig,
+        urls: list[str],
+        *,
+        rank: int,
+        world_size: int,
+        train: bool,
+        num_workers: int,
+        state: Optional[LoaderState],
+    ) -> None:
+        self.cfg = cfg
+        self.urls = urls
+        self.rank, self.world_size = rank, world_size
+        self.train = train
+        self.num_workers = num_workers
+        self.readers = max(1, num_workers)
+        self.spec = _ClipSpec(
+            frames=cfg.frames,
+            stride=cfg.frame_stride,
+            resolution=cfg.resolution,
+            train=train,
+            random_crop=cfg.random_crop,
+            random_flip=cfg.random_flip,
+            short_videos=cfg.short_videos,
+        )
+        self.epoch_batches: Optional[int] = (
+            cfg.epoch_samples // cfg.batch_size if (train and cfg.resampled and cfg.epoch_samples) else None
+        )
+        self._state = self._adopt(state)
+        self._errors = 0
+        self._skipped = 0
+        self._epoch_errors: dict[int, int] = {}
+        self._epoch_skipped: dict[int, int] = {}
+
+    # state ---------------------------------------------------------------------------------------
+
+    def _fresh(self, epoch: int, seed: int) -> LoaderState:
+        return LoaderState(
+            epoch=epoch,
+            seed=seed,
+            worker_cursors=[0] * self.readers,
+            num_workers=self.readers,
+            world_size=self.world_size,
+            rank=self.rank,
+            resampled=self.cfg.resampled,
+        )
+
+    def _adopt(self, state: Optional[LoaderState]) -> LoaderState:
+        if state is None:
+            return self._fresh(0, self.cfg.seed)
+        if not self.train:
+            raise ValueError("an eval loader is one deterministic pass; it takes no resume state")
+        if state.seed != self.cfg.seed:
+            warnings.warn(
+                f"resuming loader with the checkpoint's seed {state.seed} (config says {self.cfg.seed}) so the "
+                "interrupted epoch's order is kept",
+                stacklevel=3,
+            )
+        if state.resampled != self.cfg.resampled:
+            warnings.warn("data.resampled changed since the checkpoint; starting a new epoch", stacklevel=3)
+            return self._fresh(state.epoch + 1, state.seed)
+        if self.cfg.resampled:
+            out = dataclasses.replace(state, worker_cursors=[0] * self.readers, next_worker=0)
+            out.num_workers, out.world_size, out.rank = self.readers, self.world_size, self.rank
+            if state.samples_consumed or state.batches_consumed:
+                # new randomness rather than the stream the checkpointed run already consumed
+                out.reseed = mix_seed(state.reseed, state.samples_consumed, state.batches_consumed)
+            return out
+        layout = (state.num_workers, state.world_size, state.rank, len(state.worker_cursors))
+        if layout != (self.readers, self.world_size, self.rank, self.readers):
+            warnings.warn(
+                f"loader layout changed since the checkpoint (workers, world_size, rank: "
+                f"{layout[:3]} -> {(self.readers, self.world_size, self.rank)}); epoch {state.epoch} cannot "
+                f"continue exactly, so epoch {state.epoch + 1} starts (nothing replays)",
+                stacklevel=3,
+            )
+            return self._fresh(state.epoch + 1, state.seed)
+        return dataclasses.replace(state, worker_cursors=list(state.worker_cursors))
+
+    @property
+    def state(self) -> LoaderState:
+        """A copy of the current state (what has been yielded so far)."""
+        return dataclasses.replace(self._state, worker_cursors=list(self._state.worker_cursors))
+
+    def state_dict(self) -> dict[str, Any]:
+        """The current :class:`LoaderState` as a dict, for the checkpoint's client_state."""
+        return self._state.to_dict()
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Counters: epoch, corrupt samples/shards skipped (``errors``), too-short videos (``skipped``)."""
+        return {
+            "epoch": self._state.epoch,
+            "errors": self._errors + sum(self._epoch_errors.values()),
+            "skipped": self._skipped + sum(self._epoch_skipped.values()),
+        }
+
+    # iteration -----------------------------------------------------------------------------------
+
+    def _dataloader(self) -> DataLoader:
+        st = self._state
+        dataset = _ClipDataset(
+            self.urls,
+            self.spec,
+            rank=self.rank,
+            world_size=self.world_size,
+            seed=st.seed,
+            epoch=st.epoch,
+            resampled=self.cfg.resampled and self.train,
+            shuffle_buffer=self.cfg.shuffle_buffer,
+            batch_size=self.cfg.batch_size,
+            drop_last=self.cfg.drop_last and self.train,
+            reseed=st.reseed,
+            cursors=list(st.worker_cursors),
+            worker_offset=st.next_worker,
+        )
+        extra: dict[str, Any] = {}
+        if self.num_workers > 0:
+            extra["prefetch_factor"] = self.cfg.prefetch_factor
+        return DataLoader(
+            dataset, batch_size=None, num_workers=self.num_workers, pin_memory=self.cfg.pin_memory, **extra
+        )
+
+    def _end_epoch(self) -> None:
+        self._errors += sum(self._epoch_errors.values())
+        self._skipped += sum(self._epoch_skipped.values())
+        self._epoch_errors, self._epoch_skipped = {}, {}
+        self._state = self._fresh(self._state.epoch + 1, self._state.seed)
+
+    def epoch_iter(self) -> Iterator[Batch]:
+        """The rest of the current epoch's batches; the epoch advances once it is exhausted."""
+        st = self._state
+        fresh = st.batches_consumed == 0 and not any(st.worker_cursors)
+        produced = 0
+        it = iter(self._dataloader())
+        try:
+            for batch in it:
+                meta = batch.pop("_meta")
+                w = int(meta["worker"])
+                st.worker_cursors[w] = int(meta["cursor"])
+                st.next_worker = (w + 1) % self.readers
+                self._epoch_errors[w] = int(meta["errors"])
+                self._epoch_skipped[w] = int(meta["skipped"])
+                if "video" not in batch:  # a reader's tail item: counts only
+                    continue
+                st.batches_consumed += 1
+                st.samples_consumed += len(batch["key"])
+                produced += 1
+                yield batch
+                if self.epoch_batches is not None and st.batches_consumed >= self.epoch_batches:
+                    break
+        finally:
+            del it  # shuts the worker processes down, also when the consumer stops early
+        if produced == 0 and fresh:
+            stats = self.stats
+            raise ValueError(
+                f"rank {self.rank} got no clips from {len(self.urls)} shards ({self.urls[0]} ...): "
+                f"{stats['errors']} corrupt samples/shards, {stats['skipped']} videos shorter than "
+                f"{self.cfg.clip_span} frames, batch_size {self.cfg.batch_size}; check the shards, lower "
+                "data.frames/frame_stride, set data.short_videos=loop, or use data.drop_last=false"
+            )
+        self._end_epoch()
+
+    def __iter__(self) -> Iterator[Batch]:
+        if not self.train:
+            yield from self.epoch_iter()
+            return
+        while True:
+            yield from self.epoch_iter()
+
+
+def build_clip_loader(
+    cfg: ClipLoaderConfig,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    train: bool = True,
+    state: Optional[LoaderState] = None,
+) -> ClipLoader:
+    """The clip loader of one rank over ``cfg.train_shards`` (train) or ``cfg.eval_shards`` (eval)."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is outside world_size {world_size}")
+    spec = cfg.train_shards if train else cfg.eval_shards
+    if not spec:
+        which = "train_shards" if train else "eval_shards"
+        raise ValueError(f"data.{which} is not set: give a shard directory, brace pattern or list")
+    urls = resolve_shards(spec)
+    num_workers = cfg.num_workers
+    if train and not cfg.resampled:
+        check_enough_shards(len(urls), world_size, num_workers)
+    elif not train:
+        if len(urls) < world_size:
+            raise ValueError(
+                f"{len(urls)} eval shards cannot be split over {world_size} ranks: write more eval shards"
+            )
+        num_workers = min(num_workers, len(urls) // world_size)  # an idle eval worker only costs a start
+    return ClipLoader(
+        cfg, urls, rank=rank, world_size=world_size, train=train, num_workers=num_workers, state=state
+    )
