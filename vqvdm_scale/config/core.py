@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import types
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
@@ -19,6 +19,15 @@ import yaml
 T = TypeVar("T")
 
 BASE_KEY = "_base_"
+PRESET_KEY = "preset"
+
+# dataclass -> function(name) returning a preset instance; lets a section say ``preset: tiny``.
+_PRESETS: dict[type, Callable[[str], Any]] = {}
+
+
+def register_presets(cls: type, getter: Callable[[str], Any]) -> None:
+    """Let YAML sections of type ``cls`` start from a named preset: ``model: {preset: tiny, ...}``."""
+    _PRESETS[cls] = getter
 
 
 class ConfigError(ValueError):
@@ -133,6 +142,13 @@ def _fields(cls: type) -> dict[str, Any]:
 def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
     """Build dataclass ``cls`` from a nested mapping, rejecting unknown keys and coercing types."""
     fields = _fields(cls)
+    if PRESET_KEY in data and PRESET_KEY not in fields and cls in _PRESETS:
+        rest = {k: v for k, v in data.items() if k != PRESET_KEY}
+        try:
+            preset = _PRESETS[cls](str(data[PRESET_KEY]))
+        except (KeyError, ValueError) as e:
+            raise ConfigError(f"{prefix + '.' if prefix else ''}{PRESET_KEY}: {e}") from e
+        data = _deep_merge(to_dict(preset), rest)
     kwargs: dict[str, Any] = {}
     for name, value in data.items():
         key = f"{prefix}.{name}" if prefix else name
@@ -255,6 +271,7 @@ __all__ = [
     "override_types_hint",
     "parse_overrides",
     "read_yaml",
+    "register_presets",
     "replace",
     "to_dict",
 ]

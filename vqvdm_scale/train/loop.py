@@ -1,0 +1,235 @@
+"""The training loop both stages share: cadence, resume, NaN guard, meters, logging, checkpoints.
+
+A stage subclasses :class:`Trainer` and fills in ``build`` (models, engines), ``build_loader``,
+``micro_step`` (forward, backward, step for one micro-batch) and optionally ``media``/``finish``.
+Everything else — resuming by re-running the same command, the ``latest`` pointer, keep-K,
+skipping non-finite steps on every rank, TensorBoard — lives here once.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from vqvdm_scale.config import dump_config, to_dict
+from vqvdm_scale.dist.checkpoint import load_checkpoint, save_checkpoint
+from vqvdm_scale.dist.engine import deepspeed_config
+from vqvdm_scale.dist.env import (
+    any_rank_true,
+    barrier,
+    init_distributed,
+    is_main,
+    pick_device,
+    print0,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+)
+from vqvdm_scale.monitor.logger import Logger, make_logger
+from vqvdm_scale.monitor.meters import StepTimer, peak_memory_gib
+from vqvdm_scale.train.config import RunConfig, TrainConfig
+
+
+class NonFiniteLossError(RuntimeError):
+    """Too many non-finite losses in a row."""
+
+
+class Trainer(ABC):
+    """Shared loop; ``cfg`` is a stage root config with ``run`` and ``train`` sections."""
+
+    stage: str = "train"
+
+    def __init__(self, cfg: Any) -> None:
+        self.cfg = cfg
+        self.run_cfg: RunConfig = cfg.run
+        self.train_cfg: TrainConfig = cfg.train
+        self.rank, self.world_size = init_distributed(self.run_cfg.backend)
+        self.device = pick_device(self.run_cfg.device)
+        self.run_dir = Path(self.run_cfg.dir)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.step = 0
+        self.nonfinite_total = 0
+        self._nonfinite_streak = 0
+        self.engines: dict[str, Any] = {}
+        self.loader: Any = None
+        # Each rank gets its own stream of randomness, reproducible from the run seed.
+        seed_everything(self.run_cfg.seed + 1000 * self.rank)
+        if is_main():
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            dump_config(cfg, self.run_dir / "config.yaml")
+            with open(self.run_dir / "ds_config.json", "w") as f:
+                json.dump(deepspeed_config(self.train_cfg, self.world_size), f, indent=2)
+        barrier()
+        self.logger: Logger = make_logger(self.run_dir / "tb", is_main())
+
+    # ---- what a stage provides -------------------------------------------------------------------
+    @abstractmethod
+    def build(self) -> None:
+        """Build models and ``self.engines`` (first engine = the one whose client state is saved)."""
+
+    @abstractmethod
+    def build_loader(self, state: dict[str, Any] | None) -> Any:
+        """An iterable of batches with ``state_dict()``, resumed from ``state``."""
+
+    @abstractmethod
+    def micro_step(self, batch: Any) -> dict[str, float] | None:
+        """Forward/backward/step on one micro-batch; None when it was skipped as non-finite."""
+
+    def batch_size(self, batch: Any) -> int:
+        """Samples in a batch (for throughput)."""
+        return int(next(iter(batch.values())).shape[0]) if isinstance(batch, dict) else len(batch)
+
+    def extra_state(self) -> dict[str, Any]:
+        """Stage state saved in the checkpoint's client state (EMA, for instance)."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`extra_state` returned."""
+
+    def media(self, step: int) -> None:
+        """Videos/metrics for TensorBoard every ``run.media_every`` steps (rank 0 logs them)."""
+
+    def flops_per_step(self, batch: Any) -> float:
+        """FLOPs of one optimiser step on this rank, for MFU (0 = not measured)."""
+        return 0.0
+
+    def finish(self) -> None:
+        """Work after the last step (exports)."""
+
+    # ---- shared machinery ------------------------------------------------------------------------
+    def nonfinite(self, loss: torch.Tensor) -> bool:
+        """True (on every rank) when the loss is NaN/Inf on any rank; counts and enforces the limit."""
+        bad = any_rank_true(not bool(torch.isfinite(loss.detach()).all()), self.device if self.device.type == "cuda" else None)
+        if not bad:
+            self._nonfinite_streak = 0
+            return False
+        self.nonfinite_total += 1
+        self._nonfinite_streak += 1
+        print0(f"step {self.step}: non-finite loss, step skipped on every rank ({self._nonfinite_streak} in a row)")
+        if self._nonfinite_streak >= self.run_cfg.max_nonfinite:
+            raise NonFiniteLossError(
+                f"{self._nonfinite_streak} non-finite losses in a row at step {self.step}: lower train.optim.lr, "
+                "raise train.grad_clip, or use precision=bf16/fp32 instead of fp16; the last good checkpoint "
+                f"is in {self.ckpt_dir}"
+            )
+        return True
+
+    def save(self) -> None:
+        """Checkpoint every engine plus step, loader state, RNG, EMA and the resolved config."""
+        client = {
+            "step": self.step,
+            "nonfinite_total": self.nonfinite_total,
+            "config": to_dict(self.cfg),
+            "loader": self.loader.state_dict() if self.loader is not None else {},
+            **self.extra_state(),
+        }
+        per_rank = {"rng": rng_state(), "loader": client["loader"]}
+        save_checkpoint(self.engines, self.ckpt_dir, self.step, client, per_rank, self.run_cfg.keep_last)
+
+    def resume(self) -> dict[str, Any] | None:
+        """Load the latest complete checkpoint if there is one; return the loader state to resume."""
+        loaded = load_checkpoint(self.engines, self.ckpt_dir)
+        if loaded is None:
+            return None
+        client, per_rank = loaded
+        self.step = int(client["step"])
+        self.nonfinite_total = int(client.get("nonfinite_total", 0))
+        self.load_extra_state(client)
+        if "rng" in per_rank:
+            set_rng_state(per_rank["rng"])
+        return per_rank.get("loader") or client.get("loader")
+
+    def _batches(self) -> Iterator[Any]:
+        while True:
+            yield from self.loader
+
+    def fit(self) -> Path:
+        """Train to ``train.max_steps`` (resuming if a checkpoint exists); return the run dir."""
+        self.build()
+        loader_state = self.resume()
+        self.loader = self.build_loader(loader_state)
+        max_steps = self.train_cfg.max_steps
+        if self.step >= max_steps:
+            print0(f"{self.run_dir} already finished at step {self.step}")
+            self.finish()
+            return self.run_dir
+        if self.step == 0 and is_main():
+            self.logger.text("config", "```\n" + json.dumps(to_dict(self.cfg), indent=2) + "\n```", 0)
+        print0(f"[{self.stage}] {self.world_size} rank(s) on {self.device}, steps {self.step}->{max_steps}, run dir {self.run_dir}")
+        batches = self._batches()
+        timer = StepTimer()
+        flops_step = 0.0
+        stop_at = max_steps if self.run_cfg.stop_after is None else min(max_steps, self.step + self.run_cfg.stop_after)
+        bar = tqdm(total=max_steps, initial=self.step, disable=not (is_main() and self.run_cfg.progress), desc=self.stage, dynamic_ncols=True)
+        last_logs: dict[str, float] = {}
+        while self.step < stop_at:
+            done = 0
+            logs_acc: dict[str, float] = {}
+            while done < self.train_cfg.grad_accum:
+                t0 = time.perf_counter()
+                batch = next(batches)
+                timer.add_data_wait(time.perf_counter() - t0)
+                if flops_step == 0.0 and self.step == 0 and done == 0:
+                    flops_step = self.flops_per_step(batch)
+                logs = self.micro_step(batch)
+                if logs is None:
+                    continue
+                done += 1
+                timer.items += self.batch_size(batch)
+                for k, v in logs.items():
+                    logs_acc[k] = logs_acc.get(k, 0.0) + v / self.train_cfg.grad_accum
+            self.step += 1
+            timer.steps += 1
+            last_logs = logs_acc
+            if self.step % self.run_cfg.log_every == 0 or self.step == max_steps:
+                perf = timer.summary(self.world_size)
+                values = {f"train/{k}": v for k, v in logs_acc.items()}
+                values.update(perf)
+                values["perf/peak_mem_gib"] = peak_memory_gib(self.device)
+                values["train/nonfinite_skipped"] = float(self.nonfinite_total)
+                if flops_step > 0:
+                    achieved = flops_step / perf["perf/s_per_step"]
+                    values["perf/tflops_per_device"] = achieved / 1e12
+                    values["perf/mfu"] = achieved / (self.train_cfg.flops_peak_tflops * 1e12)
+                values.update(self.extra_scalars())
+                self.logger.scalars(values, self.step)
+                main_loss = logs_acc.get("loss", next(iter(logs_acc.values()), math.nan))
+                bar.set_postfix_str(f"loss {main_loss:.4f} | {perf['perf/samples_per_s']:.1f} samples/s | data {perf['perf/data_wait_pct']:.0f}%")
+                timer.reset()
+            bar.update(1)
+            if self.run_cfg.media_every and self.step % self.run_cfg.media_every == 0:
+                with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                    self.media(self.step)
+            if self.step % self.run_cfg.ckpt_every == 0 or self.step == stop_at:
+                self.save()
+        bar.close()
+        if self.step < max_steps:
+            print0(f"[{self.stage}] stopped at step {self.step} (run.stop_after); re-run the same command to resume")
+            self.logger.close()
+            barrier()
+            return self.run_dir
+        print0(f"[{self.stage}] done at step {self.step}; last losses: " + ", ".join(f"{k}={v:.4f}" for k, v in list(last_logs.items())[:6]))
+        self.finish()
+        self.logger.close()
+        barrier()
+        return self.run_dir
+
+    def extra_scalars(self) -> dict[str, float]:
+        """Extra scalars logged with every logging step (lr, for instance)."""
+        out: dict[str, float] = {}
+        for name, eng in self.engines.items():
+            lrs = eng.get_lr() if hasattr(eng, "get_lr") else []
+            if lrs:
+                out[f"lr/{name}"] = float(lrs[0])
+            gn = eng.get_global_grad_norm() if hasattr(eng, "get_global_grad_norm") else None
+            if gn is not None:
+                out[f"grad_norm/{name}"] = float(gn)
+        return out
