@@ -232,6 +232,16 @@ def test_activation_checkpointing_gives_same_gradients() -> None:
         assert torch.allclose(pa.grad, pb.grad, atol=1e-6), name  # type: ignore[arg-type]
 
 
+def test_ema_statistics_stay_fp32_under_bf16_cast() -> None:
+    model = VQTokenizer(tiny_cfg()).to(torch.bfloat16).train()
+    assert model.decoder.conv_out.weight.dtype == torch.bfloat16
+    assert all(b.dtype == torch.float32 for b in model.quantizer.buffers())
+    x = torch.rand(1, 3, 4, 8, 8, dtype=torch.bfloat16)
+    rec, q = model(x)
+    assert rec.dtype == torch.bfloat16 and q.z_q.dtype == torch.bfloat16
+    assert model.decode_indices(q.indices).dtype == torch.bfloat16
+
+
 def _moving_squares(n: int, frames: int, size: int) -> torch.Tensor:
     clips = torch.full((n, 3, frames, size, size), -1.0)
     for i in range(n):
