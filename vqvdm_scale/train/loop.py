@@ -104,6 +104,9 @@ class Trainer(ABC):
     def finish(self) -> None:
         """Work after the last step (exports)."""
 
+    def after_step(self) -> None:
+        """Work after each optimiser step (EMA updates)."""
+
     # ---- shared machinery ------------------------------------------------------------------------
     def nonfinite(self, loss: torch.Tensor) -> bool:
         """True (on every rank) when the loss is NaN/Inf on any rank; counts and enforces the limit."""
@@ -188,6 +191,7 @@ class Trainer(ABC):
                     logs_acc[k] = logs_acc.get(k, 0.0) + v / self.train_cfg.grad_accum
             self.step += 1
             timer.steps += 1
+            self.after_step()
             last_logs = logs_acc
             if self.step % self.run_cfg.log_every == 0 or self.step == max_steps:
                 perf = timer.summary(self.world_size)

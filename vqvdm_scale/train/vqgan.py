@@ -1,0 +1,193 @@
+"""Stage 1: train the 3D VQGAN tokenizer from video shards with two DeepSpeed engines.
+
+One engine owns the autoencoder (encoder, quantizer, decoder), the other the 3D + 2D discriminators.
+Each micro-step runs the generator update (reconstruction + LPIPS + VQ + adversarial + feature
+matching, discriminators frozen) and then the discriminator update on detached reconstructions.
+A finished run exports the tokenizer (safetensors + config + fingerprint) to ``<run>/tokenizer.safetensors``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from vqvdm_scale.config.core import ConfigError, register_presets
+from vqvdm_scale.data import ClipLoaderConfig, LoaderState, build_clip_loader
+from vqvdm_scale.dist.engine import build_engine, full_state_dict
+from vqvdm_scale.dist.env import barrier, is_main, print0
+from vqvdm_scale.eval.recon import psnr, ssim
+from vqvdm_scale.losses.vqgan_loss import VQGANLoss, VQGANLossConfig
+from vqvdm_scale.models.tokenizer import (
+    DiscriminatorConfig,
+    Discriminators,
+    TokenizerConfig,
+    VQTokenizer,
+    export_tokenizer,
+    tokenizer_preset,
+)
+from vqvdm_scale.train.config import RunConfig, TrainConfig
+from vqvdm_scale.train.ema import EMA
+from vqvdm_scale.train.loop import Trainer
+
+register_presets(TokenizerConfig, tokenizer_preset)  # lets YAML say model: {preset: tiny}
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class VQGANRunConfig:
+    """Everything ``launchers/train_vqgan.py`` reads.
+
+    Args:
+        export: where the finished tokenizer goes (default ``<run.dir>/tokenizer.safetensors``).
+        eval_clips: clips in the fixed held-out batch for reconstruction videos and PSNR/SSIM.
+    """
+
+    run: RunConfig = field(default_factory=lambda: RunConfig(dir="runs/vqgan"))
+    data: ClipLoaderConfig = field(default_factory=ClipLoaderConfig)
+    model: TokenizerConfig = field(default_factory=TokenizerConfig)
+    disc: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
+    loss: VQGANLossConfig = field(default_factory=VQGANLossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    export: Optional[str] = None
+    eval_clips: int = 4
+
+    def __post_init__(self) -> None:
+        t, h, w = self.model.downsample
+        if self.data.frames % t or self.data.resolution % h or self.data.resolution % w:
+            raise ConfigError(
+                f"data.frames={self.data.frames} and data.resolution={self.data.resolution} must be divisible by "
+                f"model.downsample={self.model.downsample}"
+            )
+        if self.disc.in_channels != self.model.in_channels:
+            raise ConfigError("disc.in_channels must equal model.in_channels")
+
+    @property
+    def export_path(self) -> Path:
+        """The tokenizer export path."""
+        return Path(self.export) if self.export else Path(self.run.dir) / "tokenizer.safetensors"
+
+
+class VQGANTrainer(Trainer):
+    """The stage-1 step on top of the shared loop."""
+
+    stage = "vqgan"
+    cfg: VQGANRunConfig
+
+    def build(self) -> None:
+        """Tokenizer + discriminators, their engines, and the (frozen) loss networks."""
+        cfg = self.cfg
+        torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
+        self.model = VQTokenizer(cfg.model)
+        self.disc = Discriminators(cfg.disc)
+        self.loss = VQGANLoss(cfg.loss).to(self.device)
+        disc_optim = cfg.train.disc_optim or cfg.train.optim
+        self.engines = {
+            "autoencoder": build_engine(self.model, cfg.train, cfg.train.optim, self.world_size),
+            "discriminator": build_engine(self.disc, cfg.train, disc_optim, self.world_size),
+        }
+        self.dtype = DTYPES[cfg.train.precision]
+        self.ema = EMA(self.model, cfg.train.ema_decay, holder=is_main()) if cfg.train.ema_decay > 0 else None
+        self.heldout: torch.Tensor | None = None
+        self.seed_everything_per_rank()
+
+    def seed_everything_per_rank(self) -> None:
+        """Back to this rank's own stream after the shared-seed model init."""
+        torch.manual_seed(self.cfg.run.seed + 1000 * self.rank + 1)
+
+    def build_loader(self, state: dict[str, Any] | None) -> Any:
+        """The clip loader of this rank, resumed from ``state``."""
+        data = dataclasses.replace(self.cfg.data, batch_size=self.cfg.train.micro_batch_size)
+        return build_clip_loader(
+            data, rank=self.rank, world_size=self.world_size, train=True,
+            state=LoaderState.from_dict(state) if state else None,
+        )
+
+    def batch_size(self, batch: Any) -> int:
+        """Clips in a batch."""
+        return int(batch["video"].shape[0])
+
+    def micro_step(self, batch: dict[str, Any]) -> dict[str, float] | None:
+        """Generator update, then discriminator update, on one micro-batch."""
+        ae, de = self.engines["autoencoder"], self.engines["discriminator"]
+        x = batch["video"].to(self.device, self.dtype, non_blocking=True)
+        if self.heldout is None:
+            self.heldout = x[: self.cfg.eval_clips].detach().clone()
+        x_rec, qout = ae(x)
+        xf, recf = x.float(), x_rec.float()
+        self.disc.requires_grad_(False)  # the generator step must not leave grads in the disc engine
+        try:
+            g_loss, logs = self.loss.generator_loss(xf, recf, qout, de, self.step, self._last_layer())
+        finally:
+            self.disc.requires_grad_(True)
+        if self.nonfinite(g_loss):
+            return None
+        ae.backward(g_loss)
+        ae.step()
+        d_loss, d_logs = self.loss.discriminator_loss(xf, recf.detach(), de, self.step)
+        if self.nonfinite(d_loss):
+            return None
+        de.backward(d_loss)
+        de.step()
+        logs.update(d_logs)
+        logs["psnr_batch"] = psnr(xf.detach(), recf.detach())
+        return logs
+
+    def _last_layer(self) -> torch.Tensor | None:
+        """The decoder's last weight for the adaptive GAN weight (None when ZeRO-3 partitions it)."""
+        w = self.model.last_layer
+        return None if hasattr(w, "ds_id") else w
+
+    def after_step(self) -> None:
+        """EMA update after each optimiser step."""
+        if self.ema is not None and self.step % self.cfg.train.ema_every == 0:
+            self.ema.update(self.model)
+
+    def extra_state(self) -> dict[str, Any]:
+        """EMA weights go into the checkpoint."""
+        return {"ema": self.ema.state_dict()} if self.ema is not None else {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        """Restore EMA weights."""
+        if self.ema is not None and state.get("ema"):
+            self.ema.load_state_dict(state["ema"])
+
+    @torch.no_grad()
+    def media(self, step: int) -> None:
+        """Held-out reconstructions side by side with the input, and their PSNR/SSIM (every rank runs the forward)."""
+        if self.heldout is None:
+            return
+        ae = self.engines["autoencoder"]
+        was_training = self.model.training
+        self.model.eval()
+        x_rec, qout = ae(self.heldout)
+        self.model.train(was_training)
+        x, rec = self.heldout.float(), x_rec.float()
+        self.logger.scalars(
+            {"eval/psnr": psnr(x, rec), "eval/ssim": ssim(x, rec), "eval/perplexity": float(qout.perplexity)}, step
+        )
+        self.logger.video("eval/input_vs_reconstruction", torch.cat([x, rec], dim=-1), step, fps=8.0)
+
+    def finish(self) -> None:
+        """Export the tokenizer (EMA weights when EMA is on) as the file later stages take."""
+        state = full_state_dict(self.model)  # every rank takes part in ZeRO-3 gathers
+        if is_main():
+            if self.ema is not None:
+                state = self.ema.state_dict()
+            model = VQTokenizer(self.cfg.model)
+            model.load_state_dict(state)
+            path = self.cfg.export_path
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fp = export_tokenizer(model, self.cfg.model, path)
+            print0(f"[vqgan] exported tokenizer {path} (fingerprint {fp[:16]}...)")
+        barrier()
+
+
+def main(cfg: VQGANRunConfig) -> Path:
+    """Train (or resume) the VQGAN described by ``cfg``; return the tokenizer export path."""
+    VQGANTrainer(cfg).fit()
+    return cfg.export_path
