@@ -6,6 +6,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import pickle
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -50,6 +53,7 @@ def write_shards(
     counts: list[int],
     num_frames: int | list[int] = 20,
     corrupt: tuple[int, ...] = (),
+    listed_extra: int = 0,
 ) -> list[str]:
     """Write npy-storage shards with ``counts[i]`` samples each + manifest.json; return all keys."""
     keys: list[str] = []
@@ -66,12 +70,14 @@ def write_shards(
                         "label": index % 5,
                         "class_name": f"class{index % 5}",
                         "fps": 25.0,
-                        "num_frames": t,
+                        "num_frames": t + listed_extra,
                         "source": f"class{index % 5}/v{index}.avi",
                         "orig_size": [H, W],
                         "size": [H, W],
                     }
-                    data = b"this is not an npy file" if index in corrupt else npy_bytes(video_frames(index, t))
+                    data = (
+                        b"this is not an npy file" if index in corrupt else npy_bytes(video_frames(index, t))
+                    )
                     tw.write({"__key__": key, "npy": data, "json": json.dumps(meta).encode()})
                     keys.append(key)
                     index += 1
@@ -134,7 +140,9 @@ def test_resolve_shards_forms(tmp_path: Path) -> None:
 
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(ValueError, match="expected a directory with manifest.json, a brace pattern, or a list"):
+    with pytest.raises(
+        ValueError, match="expected a directory with manifest.json, a brace pattern, or a list"
+    ):
         resolve_shards(str(empty))
     with pytest.raises(ValueError, match="no shards found at"):
         resolve_shards(str(tmp_path / "nowhere"))
@@ -208,6 +216,17 @@ def test_short_videos_skip_or_loop(tmp_path: Path) -> None:
     assert g.tolist() == [(37 + t) % 251 for t in (0, 2, 4, 1)]  # frames 0,2,4,6 of a 5-frame loop
 
 
+def test_wrong_listed_frame_count_falls_back_to_real_frames(tmp_path: Path) -> None:
+    write_shards(str(tmp_path), [4], num_frames=9, listed_extra=30)  # json claims 39 frames, has 9
+    batches = list(build_clip_loader(cfg_for(str(tmp_path)), train=True).epoch_iter())
+    assert len(all_keys(batches)) == 4
+    for b in batches:
+        for i, key in enumerate(b["key"]):
+            g = ((b["video"][i, 1, :, 0, 0] + 1) * 127.5).round().long()
+            start = (int(g[0]) - int(key.split("_")[0]) * 37) % 251
+            assert 0 <= start <= 9 - 7
+
+
 def test_eval_windows() -> None:
     assert eval_windows(16, 16, 1) == [0]
     assert eval_windows(15, 16, 1) == []
@@ -230,7 +249,8 @@ def test_eval_windows() -> None:
 
 
 def _rank_keys(rank: int, world_size: int, shards: str) -> list[str]:
-    cfg = cfg_for(shards, num_workers=2, batch_size=2)
+    # fork: the ranks are spawned processes whose default would spawn (and re-import torch in) each worker
+    cfg = cfg_for(shards, num_workers=2, batch_size=2, worker_start_method="fork")
     loader = build_clip_loader(cfg, rank=rank, world_size=world_size, train=True)
     keys = all_keys(list(loader.epoch_iter()))
     assert loader.state.epoch == 1
@@ -246,6 +266,13 @@ def test_two_ranks_two_workers_see_every_sample_once(tmp_path: Path) -> None:
     assert per_rank[0] and per_rank[1]
     # the same split without processes: explicit rank/world_size reproduce it exactly
     assert [_rank_keys(r, 2, str(tmp_path)) for r in range(2)] == per_rank
+
+
+def test_dataset_pickles_for_spawned_workers(tmp_path: Path) -> None:
+    write_shards(str(tmp_path), [2, 2])
+    loader = build_clip_loader(cfg_for(str(tmp_path)), train=True)  # iterated here, in this process
+    dataset = pickle.loads(pickle.dumps(loader._dataloader().dataset))
+    assert all_keys(list(iter(dataset))[:-1]) == all_keys(list(iter(loader._dataloader().dataset))[:-1])
 
 
 def test_too_few_shards_raise_quickly(tmp_path: Path) -> None:
@@ -343,18 +370,46 @@ def test_resampled_epochs_and_reseeded_resume(tmp_path: Path) -> None:
 
 
 def test_reads_synthetic_mp4_shards(tmp_path: Path) -> None:
-    synthetic = pytest.importorskip("vqvdm_scale.data.synthetic")
     pytest.importorskip("av")
-    out = tmp_path / "mp4"
-    synthetic.make_synthetic_shards(str(out))  # the writer's defaults: a small mp4 dataset
-    urls = resolve_shards(str(out))
-    manifest = read_manifest(str(out))
-    res = min(manifest["params"].get("resolution", 32), 32)
-    cfg = ClipLoaderConfig(
-        train_shards=str(out), eval_shards=str(out), frames=4, resolution=res, batch_size=2, num_workers=0
+    from vqvdm_scale.data.synthetic import make_synthetic_shards
+
+    out = str(tmp_path / "mp4")
+    manifest = make_synthetic_shards(
+        out, num_classes=2, videos_per_class=3, num_frames=16, size=32, resolution=32, shard_size=2
     )
-    batches = list(build_clip_loader(cfg, train=False))
-    assert urls and sum(len(b["key"]) for b in batches) == manifest["num_samples"]
-    b = batches[0]
-    assert b["video"].shape[1:] == (3, 4, res, res) and b["video"].abs().max() <= 1.0
-    assert b["fps"].dtype == torch.float32 and float(b["fps"][0]) > 0
+    assert len(resolve_shards(out)) == 3
+    cfg = ClipLoaderConfig(
+        train_shards=out,
+        eval_shards=out,
+        frames=8,
+        resolution=24,
+        batch_size=2,
+        num_workers=2,
+        drop_last=False,
+    )
+    batches = list(build_clip_loader(cfg, train=True).epoch_iter())
+    assert sorted(all_keys(batches)) == sorted(all_keys(list(build_clip_loader(cfg, train=False))))
+    assert len(all_keys(batches)) == manifest["num_samples"] == 6
+    for b in batches:
+        assert b["video"].shape[1:] == (3, 8, 24, 24) and b["video"].abs().max() <= 1.0
+        assert b["video"].std() > 0.05  # real decoded content, not a constant
+        assert torch.all(b["fps"] == 8.0)  # the synthetic set's frame rate, stride 1
+        names = [manifest["classes"][int(label)] for label in b["label"]]
+        assert all(name in key for name, key in zip(names, b["key"], strict=True))
+
+
+def test_package_import_does_not_load_pyav() -> None:
+    code = "import sys, vqvdm_scale.data; assert 'av' not in sys.modules, 'PyAV imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_bench_data_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("av")
+    from vqvdm_scale.bench.data import main
+    from vqvdm_scale.data.synthetic import make_synthetic_shards
+
+    out = str(tmp_path / "mp4")
+    make_synthetic_shards(out, num_classes=2, videos_per_class=2, num_frames=16, size=32, resolution=32)
+    main(["--shards", out, "--seconds", "0.3", "--frames", "8", "--resolution", "32", "--workers", "0"])
+    text = capsys.readouterr().out
+    assert "loader, 0 worker(s)" in text and "clips/s" in text and "window end" in text

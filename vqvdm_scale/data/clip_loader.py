@@ -78,6 +78,9 @@ class ClipLoaderConfig:
     drop_last: bool = True  # train: drop each reader's last partial batch (eval keeps it)
     prefetch_factor: int = 2
     pin_memory: bool = False
+    # how DataLoader workers start; None = Python's default (fork on Linux up to 3.13). memory:// shards
+    # are only visible to forked workers
+    worker_start_method: Optional[Literal["fork", "spawn", "forkserver"]] = None
 
     def __post_init__(self) -> None:
         for name in ("frames", "frame_stride", "resolution", "batch_size", "prefetch_factor"):
@@ -305,18 +308,26 @@ def eval_windows(num_frames: int, frames: int, stride: int = 1) -> list[int]:
     return list(range(0, max(0, num_frames - span + 1), frames * stride))
 
 
-def decode_frames(sample: dict[str, Any]) -> tuple[np.ndarray, Optional[float]]:
-    """uint8 ``[T, H, W, 3]`` frames of a shard sample (``npy`` or ``mp4``) and the container fps if known."""
+def decode_frames(
+    sample: dict[str, Any], max_frames: Optional[int] = None, resolution: Optional[int] = None
+) -> tuple[np.ndarray, Optional[float]]:
+    """uint8 ``[T, H, W, 3]`` frames of a shard sample (``npy`` or ``mp4``) and the container fps if known.
+
+    For mp4, ``max_frames`` stops decoding early and an even ``resolution`` resizes (short side) inside
+    the decoder; npy samples are returned as stored.
+    """
     key = sample.get("__key__", "?")
     if "npy" in sample:
         frames = np.load(io.BytesIO(sample["npy"]), allow_pickle=False)
         if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
-            raise ValueError(f"sample {key}: npy must be uint8 [T, H, W, 3], got {frames.dtype} {frames.shape}")
+            raise ValueError(
+                f"sample {key}: npy must be uint8 [T, H, W, 3], got {frames.dtype} {frames.shape}"
+            )
         return frames, None
     if "mp4" in sample:
         from vqvdm_scale.data.video_io import decode_mp4_bytes  # lazy: PyAV only where mp4s are read
 
-        frames, fps = decode_mp4_bytes(sample["mp4"])
+        frames, fps = decode_mp4_bytes(sample["mp4"], resolution=resolution, max_frames=max_frames)
         return frames, float(fps)
     raise ValueError(f"sample {key} has neither 'mp4' nor 'npy' (members: {sorted(sample)})")
 
@@ -333,6 +344,11 @@ def _resize_short_side(video: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(video, size=new, mode="bilinear", antialias=True, align_corners=False)
 
 
+def _window_start(num_frames: int, span: int, train: bool, rng: random.Random) -> int:
+    """First frame of the clip window: uniform at random for training, centred for evaluation."""
+    return rng.randint(0, num_frames - span) if train else (num_frames - span) // 2
+
+
 @dataclass(frozen=True)
 class _ClipSpec:
     frames: int
@@ -347,16 +363,28 @@ class _ClipSpec:
 def make_clip(sample: dict[str, Any], spec: _ClipSpec, rng: random.Random) -> dict[str, Any]:
     """Decode one shard sample into ``{"video": [3, T, S, S] float in [-1, 1], "label", "fps", "key"}``."""
     meta = json.loads(sample["json"])
-    frames, container_fps = decode_frames(sample)
-    n = frames.shape[0]
     span = (spec.frames - 1) * spec.stride + 1
-    if n < span:
-        if spec.short_videos == "skip":
-            raise _TooShort(sample.get("__key__"))
-        idx = (np.arange(spec.frames) * spec.stride) % n  # loop the video to fill the clip
+    # pick the window from the manifest's frame count first, so an mp4 is decoded only up to its end
+    listed = int(meta.get("num_frames", 0))
+    planned = _window_start(listed, span, spec.train, rng) if listed >= span else None
+    size = meta.get("size")
+    resize_in_decoder = (
+        spec.resolution if spec.resolution % 2 == 0 and size and min(size) != spec.resolution else None
+    )
+    frames, container_fps = decode_frames(
+        sample, max_frames=None if planned is None else planned + span, resolution=resize_in_decoder
+    )
+    n = frames.shape[0]
+    if planned is not None and n >= planned + span:
+        idx = planned + spec.stride * np.arange(spec.frames)
+    elif n >= span:  # the metadata was wrong about the length: choose again on the real frames
+        idx = _window_start(n, span, spec.train, rng) + spec.stride * np.arange(spec.frames)
+    elif spec.short_videos == "skip":
+        raise _TooShort(sample.get("__key__"))
+    elif n == 0:
+        raise ValueError(f"sample {sample.get('__key__')} decoded to no frames")
     else:
-        start = rng.randint(0, n - span) if spec.train else (n - span) // 2
-        idx = start + spec.stride * np.arange(spec.frames)
+        idx = (np.arange(spec.frames) * spec.stride) % n  # loop the video to fill the clip
     clip = frames[idx]  # [T, H, W, 3] uint8
     s = spec.resolution
     if min(clip.shape[1:3]) != s:
@@ -461,7 +489,9 @@ class _ClipDataset(IterableDataset):
                 counter(exn)
                 continue
             if len(batch) == self.batch_size:
-                yield _collate(batch, dict(worker=worker, cursor=cursor, errors=counter.count, skipped=skipped))
+                yield _collate(
+                    batch, dict(worker=worker, cursor=cursor, errors=counter.count, skipped=skipped)
+                )
                 batch = []
         meta = dict(worker=worker, cursor=cursor, errors=counter.count, skipped=skipped)
         if batch and not self.drop_last:
@@ -605,6 +635,8 @@ class ClipLoader:
         extra: dict[str, Any] = {}
         if self.num_workers > 0:
             extra["prefetch_factor"] = self.cfg.prefetch_factor
+            if self.cfg.worker_start_method is not None:
+                extra["multiprocessing_context"] = self.cfg.worker_start_method
         return DataLoader(
             dataset, batch_size=None, num_workers=self.num_workers, pin_memory=self.cfg.pin_memory, **extra
         )
