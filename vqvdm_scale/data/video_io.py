@@ -58,15 +58,10 @@ def short_side_size(height: int, width: int, resolution: int, even: bool = True)
         raise ValueError(f"frame size must be positive, got {height}x{width}")
     if even and resolution % 2:
         raise ValueError(f"resolution must be even for yuv420p output, got {resolution}")
-    scale = resolution / min(height, width)
-    if height <= width:
-        out_h, out_w = resolution, max(1, round(width * scale))
-    else:
-        out_h, out_w = max(1, round(height * scale)), resolution
-    if even:
-        # Round the long side to the nearest even number (never below 2): yuv420p needs both dims even.
-        out_h = max(2, 2 * round(out_h / 2))
-        out_w = max(2, 2 * round(out_w / 2))
+    long_side = max(height, width) * resolution / min(height, width)
+    # Even dims for yuv420p: round the exact long side to the nearest even number (never below 2).
+    long_out = max(2, 2 * round(long_side / 2)) if even else max(1, round(long_side))
+    out_h, out_w = (resolution, long_out) if height <= width else (long_out, resolution)
     return out_h, out_w
 
 
