@@ -364,7 +364,7 @@ def make_clip(sample: dict[str, Any], spec: _ClipSpec, rng: random.Random) -> di
     """Decode one shard sample into ``{"video": [3, T, S, S] float in [-1, 1], "label", "fps", "key"}``."""
     meta = json.loads(sample["json"])
     span = (spec.frames - 1) * spec.stride + 1
-    # pick the window from the manifest's frame count first, so an mp4 is decoded only up to its end
+    # pick the window from the sample json's frame count first, so an mp4 is decoded only up to its end
     listed = int(meta.get("num_frames", 0))
     planned = _window_start(listed, span, spec.train, rng) if listed >= span else None
     size = meta.get("size")
@@ -511,7 +511,9 @@ class ClipLoader:
     Train mode iterates forever, epoch after epoch (the epoch advances when every reader of this rank
     ran out, or after ``epoch_samples`` clips in resampled mode); eval mode iterates one pass. Batches:
     ``{"video": [B, 3, T, S, S] float32 in [-1, 1], "label": [B] int64, "fps": [B] float32,
-    "key": list[str]}``. ``state_dict()`` describes everything yielded so far; corrupt samples and
+    "key": list[str]}`` where fps is the clip's rate (source fps / frame_stride). Ranks whose shards hold
+    different sample counts reach their epoch ends at different steps; training is step-based and each
+    rank keeps yielding, so no rank waits. ``state_dict()`` describes everything yielded so far; corrupt samples and
     short videos are counted in :attr:`stats` (as of each worker's latest batch or end of stream).
     """
 
