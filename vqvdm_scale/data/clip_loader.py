@@ -639,8 +639,13 @@ class ClipLoader:
             extra["prefetch_factor"] = self.cfg.prefetch_factor
             if self.cfg.worker_start_method is not None:
                 extra["multiprocessing_context"] = self.cfg.worker_start_method
+        # DataLoader draws its workers' base seed from the generator it is given, or else from the
+        # global RNG; a private one keeps a resumed run's global RNG stream identical to an
+        # uninterrupted run's (the pipeline's own randomness is seeded from (seed, epoch, rank)).
+        generator = torch.Generator().manual_seed(mix_seed(st.seed, st.epoch, self.rank))
         return DataLoader(
-            dataset, batch_size=None, num_workers=self.num_workers, pin_memory=self.cfg.pin_memory, **extra
+            dataset, batch_size=None, num_workers=self.num_workers, pin_memory=self.cfg.pin_memory,
+            generator=generator, **extra,
         )
 
     def _end_epoch(self) -> None:

@@ -118,10 +118,14 @@ class VQGANTrainer(Trainer):
         if self.heldout is None:
             self.heldout = x[: self.cfg.eval_clips].detach().clone()
         x_rec, qout = ae(x)
-        xf, recf = x.float(), x_rec.float()
+        # Eq. 7's adaptive GAN weight takes gradient norms at the decoder's output (a fresh graph node)
+        # rather than at its last weight as in Esser et al.: DeepSpeed hooks parameters and engine outputs
+        # to detect its own backward, so an autograd.grad reaching them would run a gradient reduction
+        # mid-step. The output is one linear map away from that weight, so the ratio keeps its role.
+        xf, recf = x.float(), x_rec.float().clone()
         self.disc.requires_grad_(False)  # the generator step must not leave grads in the disc engine
         try:
-            g_loss, logs = self.loss.generator_loss(xf, recf, qout, de, self.step, self._last_layer())
+            g_loss, logs = self.loss.generator_loss(xf, recf, qout, de, self.step, recf)
         finally:
             self.disc.requires_grad_(True)
         if self.nonfinite(g_loss):
@@ -136,11 +140,6 @@ class VQGANTrainer(Trainer):
         logs.update(d_logs)
         logs["psnr_batch"] = psnr(xf.detach(), recf.detach())
         return logs
-
-    def _last_layer(self) -> torch.Tensor | None:
-        """The decoder's last weight for the adaptive GAN weight (None when ZeRO-3 partitions it)."""
-        w = self.model.last_layer
-        return None if hasattr(w, "ds_id") else w
 
     def after_step(self) -> None:
         """EMA update after each optimiser step."""
