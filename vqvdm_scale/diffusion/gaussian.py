@@ -85,6 +85,8 @@ class GaussianDiffusion:
         self.alphas_cumprod = abar
         self.alphas_cumprod_prev = abar_prev
         self.sqrt_alphas_cumprod = abar.sqrt()
+        # Kept in float64 so 1 - abar is exact for small t before the cast to the latents' dtype.
+        self.one_minus_alphas_cumprod = 1.0 - abar
         self.sqrt_one_minus_alphas_cumprod = (1.0 - abar).sqrt()
         # DDPM eq. 7: posterior q(z_{t-1} | z_t, z_0) = N(mu_tilde, beta_tilde).
         self.posterior_variance = betas * (1.0 - abar_prev) / (1.0 - abar)
@@ -115,7 +117,7 @@ class GaussianDiffusion:
     def q_mean_variance(self, z0: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """Mean and variance of q(z_t | z_0) = N(sqrt(abar_t) z0, (1 - abar_t) I) (DDPM eq. 4); var is [B,1,...]."""
         mean = self._extract("sqrt_alphas_cumprod", t, z0) * z0
-        var = 1.0 - self._extract("alphas_cumprod", t, z0)
+        var = self._extract("one_minus_alphas_cumprod", t, z0)
         return mean, var
 
     def q_sample(self, z0: Tensor, t: Tensor, noise: Optional[Tensor] = None) -> Tensor:
