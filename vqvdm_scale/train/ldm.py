@@ -1,0 +1,248 @@
+"""Stage 2: train the class-conditional latent video U-Net (DDPM eps-loss, CFG dropout) from latent shards.
+
+Stage 2 reads only cached latents (``data_prep/encode_latents.py``); the tokenizer is loaded solely to
+check the cache's fingerprint, to look codes up, and to decode sample videos for TensorBoard.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vqvdm_scale.config.core import ConfigError, register_presets
+from vqvdm_scale.data.clip_loader import LoaderState
+from vqvdm_scale.data.latent_loader import (
+    LatentLoaderConfig,
+    build_latent_loader,
+    check_fingerprint,
+    latent_stats,
+    read_latent_manifest,
+)
+from vqvdm_scale.diffusion import DiffusionConfig, DiffusionLoss, GaussianDiffusion
+from vqvdm_scale.dist.checkpoint import latest_checkpoint
+from vqvdm_scale.dist.engine import build_engine, full_state_dict
+from vqvdm_scale.dist.env import barrier, is_main, print0
+from vqvdm_scale.models.tokenizer import VQTokenizer, load_tokenizer, read_fingerprint
+from vqvdm_scale.models.unet3d import UNet3D, UNetConfig
+from vqvdm_scale.models.unet_presets import unet_preset
+from vqvdm_scale.monitor.meters import count_flops
+from vqvdm_scale.sampling import EMA_FILE, LatentSpec, SampleConfig, decode_latents, generate_latents, save_ema
+from vqvdm_scale.train.config import RunConfig, TrainConfig
+from vqvdm_scale.train.ema import EMA
+from vqvdm_scale.train.loop import Trainer
+
+register_presets(UNetConfig, lambda name: unet_preset(name))  # lets YAML say model: {preset: tiny}
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+T_BUCKETS = 4  # loss is also logged per quarter of the timestep range
+
+
+@dataclass
+class LDMRunConfig:
+    """Everything ``launchers/train_ldm.py`` reads.
+
+    Args:
+        tokenizer: the stage-1 export (``tokenizer.safetensors``) the latents were made with.
+        class_conditional: condition on the cache's classes (model.num_classes is set from them).
+        media_videos: class-conditional sample videos decoded into TensorBoard every run.media_every steps.
+    """
+
+    run: RunConfig = field(default_factory=lambda: RunConfig(dir="runs/ldm"))
+    data: LatentLoaderConfig = field(default_factory=LatentLoaderConfig)
+    model: UNetConfig = field(default_factory=UNetConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(ema_decay=0.999))
+    sample: SampleConfig = field(default_factory=lambda: SampleConfig(steps=50))
+    tokenizer: str = ""
+    class_conditional: bool = True
+    media_videos: int = 4
+
+    def __post_init__(self) -> None:
+        if self.diffusion.context_mode != "none" and not self.model.context_frames:
+            raise ConfigError(
+                f"diffusion.context_mode={self.diffusion.context_mode!r} needs model.context_frames=true"
+            )
+
+
+def resolve_from_cache(cfg: LDMRunConfig) -> tuple[LDMRunConfig, dict[str, Any]]:
+    """Check the cache against the tokenizer and fill model channels/classes from its manifest."""
+    if not cfg.tokenizer:
+        raise ConfigError("tokenizer is not set: pass tokenizer=PATH/tokenizer.safetensors (the stage-1 export)")
+    if not cfg.data.train_latents:
+        raise ConfigError("data.train_latents is not set: pass the encode_latents.py output dir")
+    manifest = read_latent_manifest(cfg.data.train_latents)
+    check_fingerprint(manifest, read_fingerprint(cfg.tokenizer), where=cfg.data.train_latents)
+    channels = int(manifest["latent_shape"][0])
+    classes = list(manifest.get("classes") or [])
+    model = dataclasses.replace(
+        cfg.model, in_channels=channels, out_channels=None,
+        num_classes=len(classes) if cfg.class_conditional else 0,
+    )
+    return dataclasses.replace(cfg, model=model), manifest
+
+
+def effective_codebook(tokenizer: VQTokenizer) -> torch.Tensor:
+    """The ``[K, D]`` vectors the quantizer's own lookup returns (l2-normalised when it is)."""
+    k = tokenizer.cfg.codebook_size if hasattr(tokenizer, "cfg") else tokenizer.quantizer.codebook_size
+    idx = torch.arange(k).view(1, k, 1, 1)
+    with torch.no_grad():
+        return tokenizer.quantizer.lookup(idx)[0, :, :, 0, 0].t().contiguous().float()
+
+
+class LDMTrainer(Trainer):
+    """The stage-2 step on top of the shared loop."""
+
+    stage = "ldm"
+    cfg: LDMRunConfig
+
+    def __init__(self, cfg: LDMRunConfig, manifest: dict[str, Any]) -> None:
+        super().__init__(cfg)
+        self.manifest = manifest
+
+    def build(self) -> None:
+        """U-Net engine, diffusion loss, EMA, and the tokenizer for code lookup and sample decoding."""
+        cfg = self.cfg
+        torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
+        self.net = UNet3D(cfg.model)
+        if cfg.train.channels_last and self.device.type == "cuda":
+            self.net = self.net.to(memory_format=torch.channels_last_3d)
+        self.engines = {"unet": build_engine(self.net, cfg.train, cfg.train.optim, self.world_size)}
+        self.forward = self.engines["unet"]
+        if cfg.train.compile:
+            self.forward = torch.compile(self.forward)
+        self.diffusion = GaussianDiffusion(cfg.diffusion)
+        self.loss_fn = DiffusionLoss(self.diffusion, cfg.model.num_classes)
+        self.dtype = DTYPES[cfg.train.precision]
+        self.ema = EMA(self.net, cfg.train.ema_decay, holder=is_main()) if cfg.train.ema_decay > 0 else None
+        self.tokenizer, _, self.fingerprint = load_tokenizer(cfg.tokenizer)
+        mean, std = latent_stats(self.manifest)
+        shape = tuple(int(s) for s in self.manifest["latent_shape"])
+        # fps for samples: the clip fps of the data, read off the first batch (8 until then).
+        self.spec = LatentSpec(shape=shape, mean=mean, std=std, fps=8.0)  # type: ignore[arg-type]
+        self._fps_seen = False
+        torch.manual_seed(cfg.run.seed + 1000 * self.rank + 1)  # back to this rank's own stream
+
+    def build_loader(self, state: dict[str, Any] | None) -> Any:
+        """The latent loader of this rank (refuses a cache made by another tokenizer)."""
+        data = dataclasses.replace(self.cfg.data, batch_size=self.cfg.train.micro_batch_size)
+        return build_latent_loader(
+            data, rank=self.rank, world_size=self.world_size, tokenizer_fingerprint=self.fingerprint,
+            codebook=effective_codebook(self.tokenizer) if self.manifest.get("store") == "indices" else None,
+            state=LoaderState.from_dict(state) if state else None,
+        )
+
+    def batch_size(self, batch: Any) -> int:
+        """Latent clips in a batch."""
+        return int(batch["latent"].shape[0])
+
+    def _cond(self, batch: dict[str, Any]) -> dict[str, Any]:
+        cond: dict[str, Any] = {"fps": batch["fps"].to(self.device)}
+        if self.cfg.model.num_classes > 0:
+            cond["y"] = batch["label"].to(self.device)
+        return cond
+
+    def _net_call(self, z_t: torch.Tensor, t: torch.Tensor, **kw: Any) -> torch.Tensor:
+        kw = {k: (v.to(self.dtype) if torch.is_tensor(v) and v.is_floating_point() else v) for k, v in kw.items()}
+        return self.forward(z_t.to(self.dtype), t, **kw)
+
+    def micro_step(self, batch: dict[str, Any]) -> dict[str, float] | None:
+        """DDPM eps-loss (L_simple) on one micro-batch of cached latents."""
+        eng = self.engines["unet"]
+        z0 = batch["latent"].to(self.device, non_blocking=True)
+        if not self._fps_seen:
+            self.spec.fps, self._fps_seen = float(batch["fps"].median()), True
+        if self.cfg.train.channels_last and self.device.type == "cuda":
+            z0 = z0.contiguous(memory_format=torch.channels_last_3d)
+        loss, per_sample, t = self.loss_fn(self._net_call, z0, self._cond(batch))
+        if self.nonfinite(loss):
+            return None
+        eng.backward(loss)
+        eng.step()
+        logs = {"loss": float(loss.detach())}
+        bucket = (t * T_BUCKETS // self.diffusion.num_timesteps).tolist()
+        ps = per_sample.detach().tolist()
+        for b in range(T_BUCKETS):
+            vals = [v for v, k in zip(ps, bucket, strict=True) if k == b]
+            if vals:
+                logs[f"loss_t{b}"] = sum(vals) / len(vals)
+        return logs
+
+    def flops_per_step(self, batch: Any) -> float:
+        """FLOPs of forward+backward of one optimiser step, counted once on a meta-device copy."""
+        z = batch["latent"]
+        with torch.device("meta"):
+            net = UNet3D(self.cfg.model)
+            x = torch.empty(z.shape)
+            t = torch.zeros(z.shape[0], dtype=torch.long)
+            y = torch.zeros(z.shape[0], dtype=torch.long) if self.cfg.model.num_classes > 0 else None
+            fps = torch.empty(z.shape[0])
+            ctx = torch.empty(z.shape) if self.cfg.model.context_frames else None
+            mask = torch.empty(z.shape[0], 1, *z.shape[2:]) if self.cfg.model.context_frames else None
+
+        def step() -> None:
+            net(x, t, y=y, fps=fps, context=ctx, context_mask=mask).sum().backward()
+
+        try:
+            return float(count_flops(step)) * self.train_cfg.grad_accum
+        except Exception as e:  # noqa: BLE001 - MFU is a diagnostic; never stop training for it
+            print0(f"note: FLOP counting failed ({type(e).__name__}: {e}); MFU is not logged")
+            return 0.0
+
+    def after_step(self) -> None:
+        """EMA update after each optimiser step."""
+        if self.ema is not None and self.step % self.cfg.train.ema_every == 0:
+            self.ema.update(self.net)
+
+    def extra_state(self) -> dict[str, Any]:
+        """EMA weights go into the checkpoint."""
+        return {"ema": self.ema.state_dict()} if self.ema is not None else {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        """Restore EMA weights."""
+        if self.ema is not None and state.get("ema"):
+            self.ema.load_state_dict(state["ema"])
+
+    def _sampling_weights(self) -> dict[str, torch.Tensor]:
+        """EMA weights when EMA is on, else the live weights (gathered under ZeRO-3 on every rank)."""
+        if self.ema is not None:
+            return self.ema.state_dict()
+        return full_state_dict(self.net)
+
+    def save(self) -> None:
+        """Checkpoint, plus a pickle-free ``ema.safetensors`` that sampling loads."""
+        super().save()
+        weights = self._sampling_weights()
+        d = latest_checkpoint(self.ckpt_dir)
+        if is_main() and d is not None:
+            save_ema(
+                d / EMA_FILE, weights, self.cfg.model, self.cfg.diffusion, self.spec, self.fingerprint, self.step,
+                list(self.manifest.get("classes") or []),
+            )
+        barrier()
+
+    @torch.no_grad()
+    def media(self, step: int) -> None:
+        """A few class-conditional samples from the EMA weights, decoded by the tokenizer (rank 0)."""
+        weights = self._sampling_weights()
+        if not is_main() or self.cfg.media_videos < 1:
+            return
+        net = UNet3D(self.cfg.model)
+        net.load_state_dict(weights)
+        net.eval()
+        n = self.cfg.media_videos
+        k = max(1, self.cfg.model.num_classes)
+        labels = torch.arange(n) % k
+        g = torch.Generator().manual_seed(self.cfg.sample.seed)
+        z = generate_latents(net, self.diffusion, self.spec, labels, dataclasses.replace(self.cfg.sample, num_clips=1), generator=g)
+        video = decode_latents(self.tokenizer, z, self.spec, self.cfg.sample.quantize)
+        self.logger.video("samples/class_conditional", video, step, fps=self.spec.fps)
+
+
+def main(cfg: LDMRunConfig) -> Path:
+    """Train (or resume) the latent U-Net described by ``cfg``; return the run dir."""
+    cfg, manifest = resolve_from_cache(cfg)
+    return LDMTrainer(cfg, manifest).fit()
