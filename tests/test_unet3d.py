@@ -48,6 +48,14 @@ def test_output_shapes(block_type: str, temporal_pos: str, context_frames: bool)
     assert all(p.grad is not None for p in net.parameters())
 
 
+def test_half_precision_module() -> None:
+    """DeepSpeed bf16 casts the whole module (no autocast): every embedding must follow the weights' dtype."""
+    net = UNet3D(unet_preset("tiny", num_classes=2, use_fps=True, context_frames=True)).to(torch.bfloat16)
+    x = torch.randn(X_SHAPE, dtype=torch.bfloat16)
+    out = net(x, torch.tensor([1, 900]), y=torch.tensor([0, 2]), fps=torch.tensor([8.0, 30.0]), context=x)
+    assert out.dtype == torch.bfloat16 and out.shape == X_SHAPE
+
+
 def test_first_conv_width_and_out_channels() -> None:
     cfg = unet_preset("tiny", context_frames=True, out_channels=3)
     assert cfg.input_channels == 2 * 4 + 1

@@ -79,45 +79,45 @@ class UNetConfig:
         self.channel_mult = tuple(self.channel_mult)
         self.attention_resolutions = tuple(self.attention_resolutions)
         if self.in_channels < 1:
-            raise ConfigError(f"unet.in_channels must be >= 1, got {self.in_channels}")
+            raise ConfigError(f"model.in_channels must be >= 1, got {self.in_channels}")
         if self.out_channels is not None and self.out_channels < 1:
-            raise ConfigError(f"unet.out_channels must be >= 1 or null, got {self.out_channels}")
+            raise ConfigError(f"model.out_channels must be >= 1 or null, got {self.out_channels}")
         if self.model_channels < 1:
-            raise ConfigError(f"unet.model_channels must be >= 1, got {self.model_channels}")
+            raise ConfigError(f"model.model_channels must be >= 1, got {self.model_channels}")
         if not self.channel_mult or any(m < 1 for m in self.channel_mult):
             raise ConfigError(
-                f"unet.channel_mult must be a non-empty list of ints >= 1, got {self.channel_mult}"
+                f"model.channel_mult must be a non-empty list of ints >= 1, got {self.channel_mult}"
             )
         if self.num_res_blocks < 1:
-            raise ConfigError(f"unet.num_res_blocks must be >= 1, got {self.num_res_blocks}")
+            raise ConfigError(f"model.num_res_blocks must be >= 1, got {self.num_res_blocks}")
         factors = [2**i for i in range(len(self.channel_mult))]
         bad = [r for r in self.attention_resolutions if r not in factors]
         if bad:
             raise ConfigError(
-                f"unet.attention_resolutions {bad} are not downsample factors of this U-Net; "
+                f"model.attention_resolutions {bad} are not downsample factors of this U-Net; "
                 f"with {len(self.channel_mult)} levels choose from {factors}"
             )
         if self.head_dim < 1:
-            raise ConfigError(f"unet.head_dim must be >= 1, got {self.head_dim}")
+            raise ConfigError(f"model.head_dim must be >= 1, got {self.head_dim}")
         if self.temporal_pos == "rope" and self.head_dim % 2:
-            raise ConfigError(f"unet.head_dim must be even for temporal_pos='rope', got {self.head_dim}")
+            raise ConfigError(f"model.head_dim must be even for temporal_pos='rope', got {self.head_dim}")
         attn_levels = {i for i, f in enumerate(factors) if f in self.attention_resolutions}
         attn_levels.add(len(self.channel_mult) - 1)  # the middle block
         for i in sorted(attn_levels):
             ch = self.model_channels * self.channel_mult[i]
             if ch % self.head_dim:
                 raise ConfigError(
-                    f"unet.head_dim={self.head_dim} does not divide the {ch} channels at level {i} "
+                    f"model.head_dim={self.head_dim} does not divide the {ch} channels at level {i} "
                     f"(model_channels * channel_mult[{i}]); change head_dim or model_channels"
                 )
         if self.num_classes < 0:
-            raise ConfigError(f"unet.num_classes must be >= 0 (0 = unconditional), got {self.num_classes}")
+            raise ConfigError(f"model.num_classes must be >= 0 (0 = unconditional), got {self.num_classes}")
         if self.block_type not in ("3d", "factorized"):
-            raise ConfigError(f"unet.block_type must be '3d' or 'factorized', got {self.block_type!r}")
+            raise ConfigError(f"model.block_type must be '3d' or 'factorized', got {self.block_type!r}")
         if self.temporal_pos not in ("rel_bias", "rope"):
-            raise ConfigError(f"unet.temporal_pos must be 'rel_bias' or 'rope', got {self.temporal_pos!r}")
+            raise ConfigError(f"model.temporal_pos must be 'rel_bias' or 'rope', got {self.temporal_pos!r}")
         if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"unet.dropout must be in [0, 1), got {self.dropout}")
+            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
 
     @property
     def resolved_out_channels(self) -> int:
@@ -422,7 +422,9 @@ class UNet3D(nn.Module):
     def embed(self, timesteps: Tensor, y: Optional[Tensor], fps: Optional[Tensor]) -> Tensor:
         """The conditioning embedding ``[B, 4*model_channels]``: time + class + fps."""
         cfg = self.config
-        emb = self.time_mlp(sinusoidal_embedding(timesteps, cfg.model_channels))
+        # Match the weights' dtype: under DeepSpeed bf16/fp16 the whole module is cast, with no autocast.
+        wdtype = self.time_mlp[0].weight.dtype
+        emb = self.time_mlp(sinusoidal_embedding(timesteps, cfg.model_channels).to(wdtype))
         if self.class_emb is not None:
             if y is None:
                 # No label means the null class: the unconditional branch of classifier-free guidance.
@@ -433,7 +435,7 @@ class UNet3D(nn.Module):
         if self.fps_mlp is not None:
             if fps is None:
                 raise ValueError("this UNet has use_fps=True: pass fps [B] (frames per second of the clip)")
-            emb = emb + self.fps_mlp(sinusoidal_embedding(fps.float(), cfg.model_channels))
+            emb = emb + self.fps_mlp(sinusoidal_embedding(fps.float(), cfg.model_channels).to(wdtype))
         return emb
 
     def forward(
