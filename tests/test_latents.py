@@ -240,7 +240,7 @@ def test_corrupt_member_and_short_video_are_counted(data: dict[str, str], tmp_pa
         tw.write({"__key__": "garbage", "mp4": b"\x00\x00\x00 definitely not an mp4" * 50, "json": good[0]["json"]})
         tw.write({"__key__": "short", "npy": buf.getvalue(), "json": json.dumps(dict(meta, num_frames=8)).encode()})
     spec = f"{data['videos']}/shard-000000.tar,{bad}/shard-000009.tar"
-    manifest = main(_cfg(data, tmp_path / "out", input=spec))
+    manifest = main(_cfg(data, tmp_path / "out", input=spec, workers=2))  # decode errors raised in a worker
     assert manifest["num_samples"] == 2 * 2 + 2 and manifest["counts"]["videos"] == 3
     assert manifest["counts"]["skip_counts"] == {"corrupt": 1, "too_short": 1}
     reasons = {s["key"]: s["reason"] for s in manifest["skipped"]}

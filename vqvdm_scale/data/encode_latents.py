@@ -38,6 +38,8 @@ import posixpath
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from itertools import islice
 from typing import Any, Literal, Optional
@@ -166,6 +168,42 @@ def _prepare(job: tuple[dict[str, Any], int, int, int, Optional[int]]) -> tuple[
         return "ok", video_windows(sample, frames, stride, resolution, windows)
     except Exception as e:  # noqa: BLE001 - a corrupt member is counted, never stops the job
         return "corrupt", f"{type(e).__name__}: {e}"
+
+
+class _DecodePool:
+    """Ordered video decoding in worker processes; a worker that dies (a decoder crash) costs only its video."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self.executor = self._new()
+
+    def _new(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(
+            self.workers, mp_context=_mp_context(), initializer=torch.set_num_threads, initargs=(1,)
+        )
+
+    def _restart(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        self.executor = self._new()
+
+    def map(self, jobs: list[Any]) -> list[tuple[str, Any]]:
+        """``_prepare`` of every job, in order."""
+        try:
+            return list(self.executor.map(_prepare, jobs))
+        except BrokenProcessPool:
+            self._restart()
+        out: list[tuple[str, Any]] = []
+        for job in jobs:  # one at a time, to find the video that kills its worker
+            try:
+                out.append(self.executor.submit(_prepare, job).result())
+            except BrokenProcessPool:
+                self._restart()
+                out.append(("corrupt", "the decoder process crashed on this video"))
+        return out
+
+    def close(self) -> None:
+        """Stop the workers."""
+        self.executor.shutdown()
 
 
 @torch.no_grad()
@@ -304,7 +342,8 @@ class _ShardEncoder:
 
 
 def _encode_shard(
-    task: _Task, model: VQTokenizer, cfg: EncodeConfig, fs: Any, root: str, pool: Any, bar: tqdm, rank: int
+    task: _Task, model: VQTokenizer, cfg: EncodeConfig, fs: Any, root: str, pool: Optional[_DecodePool], bar: tqdm,
+    rank: int,
 ) -> dict[str, Any]:
     """Write one latent shard (tmp tar -> sidecar -> rename) from one input shard; returns the sidecar."""
     tmp = _join(root, _tmp_name(task.name))
@@ -319,7 +358,7 @@ def _encode_shard(
         enc = _ShardEncoder(model, cfg, writer, model.cfg.latent_dim)
         # decode a bounded chunk of videos at a time (in order), so memory stays flat on big shards
         for chunk in _chunks(jobs, max(1, 2 * cfg.workers)):
-            results = pool.map(_prepare, chunk, chunksize=1) if pool is not None else [_prepare(j) for j in chunk]
+            results = pool.map(chunk) if pool is not None else [_prepare(j) for j in chunk]
             for job, (status, payload) in zip(chunk, results, strict=True):
                 key = str(job[0].get("__key__"))
                 bar.update(1)
@@ -400,6 +439,32 @@ def _merge(
     }
 
 
+def _write_manifest(
+    cfg: EncodeConfig, tasks: list[_Task], sidecars: dict[int, dict[str, Any]], fs: Any, root: str,
+    model: VQTokenizer, fingerprint: str, classes: list[str], world: int,
+) -> dict[str, Any]:
+    """Rank 0: check every shard is whole, merge the sidecars and write manifest.json."""
+    ordered = []
+    for task in tasks:
+        side = sidecars.get(task.index) or _complete_sidecar(fs, root, task)
+        if side is None:
+            raise RuntimeError(
+                f"latent shard {task.name} (rank {task.index % world}) is missing or does not match its "
+                "sidecar after every rank finished; re-run the same command to redo it"
+            )
+        ordered.append(side)
+    manifest = _merge(cfg, ordered, model, fingerprint, classes)
+    _write_json(fs, root, MANIFEST_NAME, manifest)
+    reasons = ", ".join(f"{k}={v}" for k, v in manifest["counts"]["skip_counts"].items()) or "none"
+    print(
+        f"encode_latents: {manifest['num_samples']} latent samples ({cfg.store}, {manifest['dtype']} "
+        f"{manifest['sample_shape']}) of {manifest['counts']['videos']} videos in {len(manifest['shards'])} "
+        f"shards at {cfg.output}; skipped {manifest['counts']['skipped']} ({reasons})",
+        flush=True,
+    )
+    return manifest
+
+
 def _check_inputs(cfg: EncodeConfig) -> None:
     if not cfg.tokenizer:
         raise ConfigError("tokenizer: give the exported tokenizer file (.safetensors from export_tokenizer)")
@@ -428,6 +493,9 @@ def _run(cfg: EncodeConfig, rank: int, world: int) -> dict[str, Any]:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = pick_device(cfg.device)
+    if device.type == "cuda":  # re-runs must reproduce bytes: no autotuned / nondeterministic conv kernels
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
     model, tcfg, fingerprint = load_tokenizer(cfg.tokenizer, device)
     try:
         tcfg.latent_shape(cfg.frames, cfg.resolution, cfg.resolution)
@@ -445,6 +513,9 @@ def _run(cfg: EncodeConfig, rank: int, world: int) -> dict[str, Any]:
                            None if count is None else int(count)))
     fs, root = url_to_fs(cfg.output)
     fs.makedirs(root, exist_ok=True)
+    if rank == 0 and fs.exists(_join(root, MANIFEST_NAME)):
+        # a manifest only ever describes a finished cache: drop the old one until this run has merged
+        fs.rm(_join(root, MANIFEST_NAME))
 
     mine = [t for t in tasks if t.index % world == rank]
     sidecars: dict[int, dict[str, Any]] = {}
@@ -459,16 +530,15 @@ def _run(cfg: EncodeConfig, rank: int, world: int) -> dict[str, Any]:
     total = sum(c for c in known if c is not None) if all(c is not None for c in known) else None
     bar = tqdm(total=total, unit="video", desc=f"encode_latents rank {rank}", position=rank,
                disable=not cfg.progress, leave=True)
-    pool = None
+    pool: Optional[_DecodePool] = None
     if cfg.workers > 1 and todo:
-        pool = _mp_context().Pool(cfg.workers, initializer=torch.set_num_threads, initargs=(1,))
+        pool = _DecodePool(cfg.workers)
     try:
         for task in todo:
             sidecars[task.index] = _encode_shard(task, model, cfg, fs, root, pool, bar, rank)
     finally:
         if pool is not None:
             pool.close()
-            pool.join()
         bar.close()
     for task in mine:  # stray temporaries of a killed run
         for name in (task.name, _sidecar_name(task.name)):
@@ -486,27 +556,19 @@ def _run(cfg: EncodeConfig, rank: int, world: int) -> dict[str, Any]:
     )
 
     barrier()
+    failure: Optional[BaseException] = None
     if rank == 0:
-        ordered = []
-        for task in tasks:
-            side = sidecars.get(task.index) or _complete_sidecar(fs, root, task)
-            if side is None:
-                raise RuntimeError(
-                    f"latent shard {task.name} (rank {task.index % world}) is missing or does not match its "
-                    "sidecar after every rank finished; re-run the same command to redo it"
-                )
-            ordered.append(side)
-        manifest = _merge(cfg, ordered, model, fingerprint, classes)
-        _write_json(fs, root, MANIFEST_NAME, manifest)
-        reasons = ", ".join(f"{k}={v}" for k, v in manifest["counts"]["skip_counts"].items()) or "none"
-        print(
-            f"encode_latents: {manifest['num_samples']} latent samples ({cfg.store}, {manifest['dtype']} "
-            f"{manifest['sample_shape']}) of {manifest['counts']['videos']} videos in {len(manifest['shards'])} "
-            f"shards at {cfg.output}; skipped {manifest['counts']['skipped']} ({reasons})",
-            flush=True,
-        )
+        try:
+            manifest = _write_manifest(cfg, tasks, sidecars, fs, root, model, fingerprint, classes, world)
+        except Exception as e:  # noqa: BLE001 - re-raised after the barrier, so other ranks do not hang
+            failure = e
     barrier()
+    if failure is not None:
+        raise failure
     if rank != 0:
-        with fs.open(_join(root, MANIFEST_NAME), "rb") as f:
-            manifest = json.loads(f.read())
+        try:
+            with fs.open(_join(root, MANIFEST_NAME), "rb") as f:
+                manifest = json.loads(f.read())
+        except FileNotFoundError as e:
+            raise RuntimeError(f"rank 0 wrote no {MANIFEST_NAME} in {cfg.output}; see rank 0's error") from e
     return manifest
