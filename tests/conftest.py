@@ -24,3 +24,26 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "videos").is_dir():
         pytest.skip(f"{SHARED_DATA} is absent: the real/bad test videos live beside the project checkout")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_latent_cache(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Synthetic video shards, a randomly initialised tiny tokenizer export, and its latent cache.
+
+    The tokenizer is the real tiny-preset network with random weights (no training), which is all a
+    stage-2 plumbing test needs: the cache is still a faithful encoding of the clips by that tokenizer.
+    """
+    from vqvdm_scale.data.encode_latents import EncodeConfig
+    from vqvdm_scale.data.encode_latents import main as encode_main
+    from vqvdm_scale.data.synthetic import make_synthetic_shards
+    from vqvdm_scale.models.tokenizer import VQTokenizer, export_tokenizer, tokenizer_preset
+
+    root = tmp_path_factory.mktemp("tiny_cache")
+    make_synthetic_shards(str(root / "videos"), num_classes=2, videos_per_class=4, num_frames=16, size=24,
+                          resolution=16, shard_size=2)
+    torch.manual_seed(0)
+    cfg = tokenizer_preset("tiny")
+    export_tokenizer(VQTokenizer(cfg).eval(), cfg, root / "tokenizer.safetensors")
+    encode_main(EncodeConfig(tokenizer=str(root / "tokenizer.safetensors"), input=str(root / "videos"),
+                             output=str(root / "latents"), frames=8, resolution=16, progress=False))
+    return {"videos": root / "videos", "tokenizer": root / "tokenizer.safetensors", "latents": root / "latents"}

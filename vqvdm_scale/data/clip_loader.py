@@ -617,9 +617,10 @@ class ClipLoader:
 
     # iteration -----------------------------------------------------------------------------------
 
-    def _dataloader(self) -> DataLoader:
+    def _dataset(self) -> IterableDataset:
+        """This reader's dataset for the current state (subclasses swap the sample decode)."""
         st = self._state
-        dataset = _ClipDataset(
+        return _ClipDataset(
             self.urls,
             self.spec,
             rank=self.rank,
@@ -634,6 +635,10 @@ class ClipLoader:
             cursors=list(st.worker_cursors),
             worker_offset=st.next_worker,
         )
+
+    def _dataloader(self) -> DataLoader:
+        st = self._state
+        dataset = self._dataset()
         extra: dict[str, Any] = {}
         if self.num_workers > 0:
             extra["prefetch_factor"] = self.cfg.prefetch_factor

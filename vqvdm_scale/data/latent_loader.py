@@ -38,7 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import IterableDataset
 
 from vqvdm_scale.config.core import ConfigError
 from vqvdm_scale.data.clip_loader import (
@@ -351,9 +351,10 @@ class LatentLoader(ClipLoader):
         self.manifest = manifest
         self.decode = _LatentDecode(manifest, codebook)
 
-    def _dataloader(self) -> DataLoader:
+    def _dataset(self) -> IterableDataset:
+        """The latent dataset for the current state (DataLoader construction is ClipLoader's)."""
         st = self._state
-        dataset = _LatentDataset(
+        return _LatentDataset(
             self.urls,
             self.decode,
             rank=self.rank,
@@ -368,14 +369,6 @@ class LatentLoader(ClipLoader):
             reseed=st.reseed,
             cursors=list(st.worker_cursors),
             worker_offset=st.next_worker,
-        )
-        extra: dict[str, Any] = {}
-        if self.num_workers > 0:
-            extra["prefetch_factor"] = self.cfg.prefetch_factor
-            if self.cfg.worker_start_method is not None:
-                extra["multiprocessing_context"] = self.cfg.worker_start_method
-        return DataLoader(
-            dataset, batch_size=None, num_workers=self.num_workers, pin_memory=self.cfg.pin_memory, **extra
         )
 
     def epoch_iter(self) -> Iterator[Batch]:

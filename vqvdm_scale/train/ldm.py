@@ -30,7 +30,14 @@ from vqvdm_scale.models.tokenizer import VQTokenizer, load_tokenizer, read_finge
 from vqvdm_scale.models.unet3d import UNet3D, UNetConfig
 from vqvdm_scale.models.unet_presets import unet_preset
 from vqvdm_scale.monitor.meters import count_flops
-from vqvdm_scale.sampling import EMA_FILE, LatentSpec, SampleConfig, decode_latents, generate_latents, save_ema
+from vqvdm_scale.sampling import (
+    EMA_FILE,
+    LatentSpec,
+    SampleConfig,
+    decode_latents,
+    generate_latents,
+    save_ema,
+)
 from vqvdm_scale.train.config import RunConfig, TrainConfig
 from vqvdm_scale.train.ema import EMA
 from vqvdm_scale.train.loop import Trainer
