@@ -26,7 +26,7 @@ from vqvdm_scale.diffusion import DiffusionConfig, DiffusionLoss, GaussianDiffus
 from vqvdm_scale.dist.checkpoint import latest_checkpoint
 from vqvdm_scale.dist.engine import build_engine, full_state_dict
 from vqvdm_scale.dist.env import barrier, is_main, print0
-from vqvdm_scale.models.tokenizer import VQTokenizer, load_tokenizer, read_fingerprint
+from vqvdm_scale.models.tokenizer import load_tokenizer, read_fingerprint
 from vqvdm_scale.models.unet3d import UNet3D, UNetConfig
 from vqvdm_scale.models.unet_presets import unet_preset
 from vqvdm_scale.monitor.meters import count_flops
@@ -92,14 +92,6 @@ def resolve_from_cache(cfg: LDMRunConfig) -> tuple[LDMRunConfig, dict[str, Any]]
     return dataclasses.replace(cfg, model=model), manifest
 
 
-def effective_codebook(tokenizer: VQTokenizer) -> torch.Tensor:
-    """The ``[K, D]`` vectors the quantizer's own lookup returns (l2-normalised when it is)."""
-    k = tokenizer.cfg.codebook_size if hasattr(tokenizer, "cfg") else tokenizer.quantizer.codebook_size
-    idx = torch.arange(k).view(1, k, 1, 1)
-    with torch.no_grad():
-        return tokenizer.quantizer.lookup(idx)[0, :, :, 0, 0].t().contiguous().float()
-
-
 class LDMTrainer(Trainer):
     """The stage-2 step on top of the shared loop."""
 
@@ -138,7 +130,7 @@ class LDMTrainer(Trainer):
         data = dataclasses.replace(self.cfg.data, batch_size=self.cfg.train.micro_batch_size)
         return build_latent_loader(
             data, rank=self.rank, world_size=self.world_size, tokenizer_fingerprint=self.fingerprint,
-            codebook=effective_codebook(self.tokenizer) if self.manifest.get("store") == "indices" else None,
+            codebook=self.tokenizer.quantizer.codes() if self.manifest.get("store") == "indices" else None,
             state=LoaderState.from_dict(state) if state else None,
         )
 
