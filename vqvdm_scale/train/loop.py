@@ -169,7 +169,7 @@ class Trainer(ABC):
         print0(f"[{self.stage}] {self.world_size} rank(s) on {self.device}, steps {self.step}->{max_steps}, run dir {self.run_dir}")
         batches = self._batches()
         timer = StepTimer()
-        flops_step = 0.0
+        flops_step: float | None = None  # counted once, on the first batch of this invocation
         stop_at = max_steps if self.run_cfg.stop_after is None else min(max_steps, self.step + self.run_cfg.stop_after)
         bar = tqdm(total=max_steps, initial=self.step, disable=not (is_main() and self.run_cfg.progress), desc=self.stage, dynamic_ncols=True)
         last_logs: dict[str, float] = {}
@@ -180,7 +180,7 @@ class Trainer(ABC):
                 t0 = time.perf_counter()
                 batch = next(batches)
                 timer.add_data_wait(time.perf_counter() - t0)
-                if flops_step == 0.0 and self.step == 0 and done == 0:
+                if flops_step is None:
                     flops_step = self.flops_per_step(batch)
                 logs = self.micro_step(batch)
                 if logs is None:
@@ -199,7 +199,7 @@ class Trainer(ABC):
                 values.update(perf)
                 values["perf/peak_mem_gib"] = peak_memory_gib(self.device)
                 values["train/nonfinite_skipped"] = float(self.nonfinite_total)
-                if flops_step > 0:
+                if flops_step:
                     achieved = flops_step / perf["perf/s_per_step"]
                     values["perf/tflops_per_device"] = achieved / 1e12
                     values["perf/mfu"] = achieved / (self.train_cfg.flops_peak_tflops * 1e12)
