@@ -1,6 +1,7 @@
 """Video clip batches from WebDataset shards over fsspec, with exact resume for the seeded-shuffle mode.
 
-Pipeline per reader (one reader = one DataLoader worker of one rank), after open_clip's layout:
+Pipeline per reader (one reader = one DataLoader worker of one rank), after open_clip's layout; the
+stages up to the numbered samples are :func:`~vqvdm_scale.data.pipeline.shard_sample_pipeline`:
 
     shard list -> seeded shuffle by (seed, epoch) | ResampledShards   (same order on every rank)
       -> split by rank (explicit rank/world_size, not read from torch.distributed)
@@ -27,29 +28,48 @@ Guarantees (see :class:`ClipLoader`):
 from __future__ import annotations
 
 import dataclasses
-import functools
-import hashlib
 import io
 import json
-import logging
 import random
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from itertools import islice
 from typing import Any, Literal, Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-import webdataset as wds
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from webdataset.tariterators import group_by_keys, tar_file_expander
+from torch.utils.data import DataLoader, IterableDataset
 
 from vqvdm_scale.config.core import ConfigError
-from vqvdm_scale.data.urls import open_url, resolve_shards
+from vqvdm_scale.data.pipeline import (  # re-exported: this module was their home, callers import them here
+    ErrorCounter,
+    check_enough_shards,
+    fsspec_open_shards,
+    mix_seed,
+    reader_identity,
+    shard_sample_pipeline,
+    split_by_rank,
+)
+from vqvdm_scale.data.urls import resolve_shards
 
-log = logging.getLogger(__name__)
+__all__ = [
+    "Batch",
+    "ClipLoader",
+    "ClipLoaderConfig",
+    "ErrorCounter",
+    "LoaderState",
+    "build_clip_loader",
+    "check_enough_shards",
+    "decode_frames",
+    "eval_windows",
+    "fsspec_open_shards",
+    "make_clip",
+    "mix_seed",
+    "reader_identity",
+    "shard_sample_pipeline",
+    "split_by_rank",
+]
 
 Batch = dict[str, Any]
 
@@ -149,147 +169,6 @@ class LoaderState:
         out = cls(**data)
         out.worker_cursors = [int(c) for c in out.worker_cursors]
         return out
-
-
-# --------------------------------------------------------------------------------- shard-level pipeline
-
-
-def mix_seed(*values: int) -> int:
-    """A 63-bit seed depending on every value; stable across processes and Python versions."""
-    h = hashlib.blake2b(digest_size=8)
-    for v in values:
-        h.update(int(v).to_bytes(16, "little", signed=True))
-    return int.from_bytes(h.digest(), "little") >> 1
-
-
-class ErrorCounter:
-    """A non-throwing webdataset handler: counts the exceptions it swallows and logs the first few."""
-
-    def __init__(self, where: str = "", max_logged: int = 5) -> None:
-        self.where = where
-        self.max_logged = max_logged
-        self.count = 0
-
-    def __call__(self, exn: BaseException) -> bool:
-        """Record ``exn`` and tell webdataset to continue with the next item."""
-        self.count += 1
-        if self.count <= self.max_logged:
-            log.warning("skipping bad shard data%s: %r", f" ({self.where})" if self.where else "", exn)
-        return True
-
-
-def fsspec_open_shards(
-    data: Iterable[dict[str, Any]], handler: Callable[[BaseException], bool]
-) -> Iterator[dict[str, Any]]:
-    """Webdataset url opener through fsspec: ``{"url"}`` -> ``{"url", "stream"}`` for any fsspec URL."""
-    for item in data:
-        url = item["url"]
-        try:
-            stream = open_url(url, "rb")
-        except Exception as exn:  # noqa: BLE001 - a missing/unreadable shard is counted and skipped
-            exn.args = (*exn.args, url)
-            if handler(exn):
-                continue
-            break
-        try:
-            yield {**item, "stream": stream}
-        finally:
-            stream.close()  # the tar reader has moved on to the next shard (or was closed)
-
-
-def split_by_rank(src: Iterable[Any], rank: int, world_size: int) -> Iterator[Any]:
-    """Every ``world_size``-th item starting at ``rank`` (wds.split_by_node with explicit rank)."""
-    yield from islice(src, rank, None, world_size)
-
-
-def _number_and_skip(src: Iterable[dict[str, Any]], skip: int) -> Iterator[dict[str, Any]]:
-    """Tag samples with their position ``__index__`` in the reader's stream; drop the first ``skip``."""
-    for i, sample in enumerate(src):
-        if i >= skip:
-            sample["__index__"] = i
-            yield sample
-
-
-class _ConstSeed:
-    """Picklable ``worker_seed`` callable for wds.ResampledShards (our rank/worker, not torch.distributed's)."""
-
-    def __init__(self, value: int) -> None:
-        self.value = value
-
-    def __call__(self) -> int:
-        return self.value
-
-
-def shard_sample_pipeline(
-    urls: Sequence[str],
-    *,
-    rank: int,
-    world_size: int,
-    worker: int = 0,
-    num_workers: int = 1,
-    seed: int = 0,
-    epoch: int = 0,
-    resampled: bool = False,
-    shuffle_shards: bool = True,
-    shuffle_buffer: int = 0,
-    reseed: int = 0,
-    skip: int = 0,
-    handler: Optional[Callable[[BaseException], bool]] = None,
-) -> wds.DataPipeline:
-    """Raw tar samples (dicts of bytes + ``__key__``, ``__url__``, ``__index__``) for one reader.
-
-    The reader is logical worker ``worker`` of ``num_workers`` on ``rank`` of ``world_size``. Seeded
-    mode: shards shuffled by (seed, epoch) identically on every rank, then split by rank and worker.
-    Resampled mode: shards drawn with replacement from all shards by an RNG of (seed, epoch, reseed,
-    rank, worker). ``skip`` drops the first samples after the shuffle buffer (resume). Tar and open
-    errors go to ``handler`` (default: an :class:`ErrorCounter`). A latent loader continues this
-    pipeline with its own decode.
-    """
-    if not urls:
-        raise ValueError("shard_sample_pipeline needs at least one shard URL")
-    handler = handler if handler is not None else ErrorCounter(f"rank {rank} worker {worker}")
-    stages: list[Any] = []
-    if resampled:
-        stages.append(
-            wds.ResampledShards(
-                list(urls),
-                seed=mix_seed(seed, epoch, reseed),
-                worker_seed=_ConstSeed(mix_seed(rank, worker)),
-                deterministic=True,
-            )
-        )
-    else:
-        stages.append(wds.SimpleShardList(list(urls), seed=mix_seed(seed, epoch) if shuffle_shards else None))
-        stages.append(functools.partial(split_by_rank, rank=rank, world_size=world_size))
-        stages.append(functools.partial(split_by_rank, rank=worker, world_size=num_workers))
-    stages += [
-        functools.partial(fsspec_open_shards, handler=handler),
-        functools.partial(tar_file_expander, handler=handler),
-        functools.partial(group_by_keys, handler=handler),
-    ]
-    if shuffle_buffer > 1:
-        rng = random.Random(mix_seed(seed, epoch, reseed, rank, worker, 1))
-        stages.append(wds.shuffle(shuffle_buffer, initial=shuffle_buffer, rng=rng))
-    stages.append(functools.partial(_number_and_skip, skip=skip))
-    return wds.DataPipeline(*stages)
-
-
-def reader_identity(worker_offset: int = 0) -> tuple[int, int]:
-    """(logical worker, workers) of the calling DataLoader worker; worker ``i`` plays ``(i + offset) % n``."""
-    info = get_worker_info()
-    if info is None:
-        return 0, 1
-    return (info.id + worker_offset) % info.num_workers, info.num_workers
-
-
-def check_enough_shards(num_shards: int, world_size: int, num_workers: int) -> None:
-    """ValueError if the seeded-shuffle split would leave a reader with no shard (it would hang DDP)."""
-    readers = world_size * max(1, num_workers)
-    if num_shards < readers:
-        raise ValueError(
-            f"{num_shards} shards cannot feed {world_size} ranks x {max(1, num_workers)} workers = {readers} "
-            "readers without repetition: write more shards (--shard-size smaller) or set data.resampled=true"
-        )
 
 
 # ------------------------------------------------------------------------------------- decode and clips
