@@ -27,21 +27,20 @@ Guarantees (see :class:`ClipLoader`):
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 import random
-import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal, Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import IterableDataset
 
 from vqvdm_scale.config.core import ConfigError
+from vqvdm_scale.data.loader_base import Batch, LoaderState, ResumableLoader, collate_batch
 from vqvdm_scale.data.pipeline import (  # re-exported: this module was their home, callers import them here
     ErrorCounter,
     check_enough_shards,
@@ -59,6 +58,8 @@ __all__ = [
     "ClipLoaderConfig",
     "ErrorCounter",
     "LoaderState",
+    "ResumableLoader",
+    "collate_batch",
     "build_clip_loader",
     "check_enough_shards",
     "decode_frames",
@@ -70,8 +71,6 @@ __all__ = [
     "shard_sample_pipeline",
     "split_by_rank",
 ]
-
-Batch = dict[str, Any]
 
 
 # ----------------------------------------------------------------------------------------------- config
@@ -127,48 +126,6 @@ class ClipLoaderConfig:
     def clip_span(self) -> int:
         """Source frames one clip covers: (T - 1) * stride + 1."""
         return (self.frames - 1) * self.frame_stride + 1
-
-
-# ------------------------------------------------------------------------------------------ loader state
-
-
-@dataclass
-class LoaderState:
-    """Where one rank's loader stands: enough to resume without replaying what it already yielded.
-
-    ``samples_consumed`` / ``batches_consumed`` count what this rank yielded in the current epoch;
-    ``worker_cursors[w]`` is how many raw (pre-decode) samples logical worker ``w`` used this epoch;
-    ``next_worker`` is the logical worker whose batch comes next; ``num_workers``, ``world_size`` and
-    ``rank`` record the layout the cursors refer to; ``reseed`` is the resampled mode's stream salt.
-    The state is per rank: a trainer saves every rank's state (e.g. gathered into the checkpoint).
-    """
-
-    epoch: int = 0
-    seed: int = 0
-    samples_consumed: int = 0
-    batches_consumed: int = 0
-    worker_cursors: list[int] = field(default_factory=list)
-    next_worker: int = 0
-    num_workers: int = 1
-    world_size: int = 1
-    rank: int = 0
-    resampled: bool = False
-    reseed: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-safe dict (goes into checkpoint client_state)."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> LoaderState:
-        """Inverse of :meth:`to_dict`; ValueError on unknown keys (a state from another loader)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - names
-        if unknown:
-            raise ValueError(f"loader state has unknown keys {sorted(unknown)}; it is not a ClipLoader state")
-        out = cls(**data)
-        out.worker_cursors = [int(c) for c in out.worker_cursors]
-        return out
 
 
 # ------------------------------------------------------------------------------------- decode and clips
@@ -289,16 +246,6 @@ def make_clip(sample: dict[str, Any], spec: _ClipSpec, rng: random.Random) -> di
     }
 
 
-def _collate(clips: list[dict[str, Any]], meta: dict[str, int]) -> Batch:
-    return {
-        "video": torch.stack([c["video"] for c in clips]),
-        "label": torch.tensor([c["label"] for c in clips], dtype=torch.int64),
-        "fps": torch.tensor([c["fps"] for c in clips], dtype=torch.float32),
-        "key": [c["key"] for c in clips],
-        "_meta": meta,
-    }
-
-
 class _ClipDataset(IterableDataset):
     """One epoch of clip batches for one rank; each DataLoader worker builds its reader's pipeline."""
 
@@ -368,13 +315,13 @@ class _ClipDataset(IterableDataset):
                 counter(exn)
                 continue
             if len(batch) == self.batch_size:
-                yield _collate(
+                yield collate_batch(
                     batch, dict(worker=worker, cursor=cursor, errors=counter.count, skipped=skipped)
                 )
                 batch = []
         meta = dict(worker=worker, cursor=cursor, errors=counter.count, skipped=skipped)
         if batch and not self.drop_last:
-            yield _collate(batch, meta)
+            yield collate_batch(batch, meta)
         # a clip-less tail item reports the counts of errors after this reader's last batch; it takes a
         # turn in the DataLoader's worker round robin only when the reader has no batch left, so the
         # order of real batches (and hence exact resume) does not depend on it
@@ -384,7 +331,7 @@ class _ClipDataset(IterableDataset):
 # ------------------------------------------------------------------------------------------ the loader
 
 
-class ClipLoader:
+class ClipLoader(ResumableLoader):
     """Iterable of clip batches for one rank, tracking :class:`LoaderState` as batches are yielded.
 
     Train mode iterates forever, epoch after epoch (the epoch advances when every reader of this rank
@@ -394,6 +341,7 @@ class ClipLoader:
     different sample counts reach their epoch ends at different steps; training is step-based and each
     rank keeps yielding, so no rank waits. ``state_dict()`` describes everything yielded so far; corrupt samples and
     short videos are counted in :attr:`stats` (as of each worker's latest batch or end of stream).
+    The epoch/state bookkeeping is :class:`~vqvdm_scale.data.loader_base.ResumableLoader`'s.
     """
 
     def __init__(
@@ -407,12 +355,9 @@ class ClipLoader:
         num_workers: int,
         state: Optional[LoaderState],
     ) -> None:
-        self.cfg = cfg
-        self.urls = urls
-        self.rank, self.world_size = rank, world_size
-        self.train = train
-        self.num_workers = num_workers
-        self.readers = max(1, num_workers)
+        super().__init__(
+            cfg, urls, rank=rank, world_size=world_size, train=train, num_workers=num_workers, state=state
+        )
         self.spec = _ClipSpec(
             frames=cfg.frames,
             stride=cfg.frame_stride,
@@ -422,82 +367,9 @@ class ClipLoader:
             random_flip=cfg.random_flip,
             short_videos=cfg.short_videos,
         )
-        self.epoch_batches: Optional[int] = (
-            cfg.epoch_samples // cfg.batch_size if (train and cfg.resampled and cfg.epoch_samples) else None
-        )
-        self._state = self._adopt(state)
-        self._errors = 0
-        self._skipped = 0
-        self._epoch_errors: dict[int, int] = {}
-        self._epoch_skipped: dict[int, int] = {}
-
-    # state ---------------------------------------------------------------------------------------
-
-    def _fresh(self, epoch: int, seed: int) -> LoaderState:
-        return LoaderState(
-            epoch=epoch,
-            seed=seed,
-            worker_cursors=[0] * self.readers,
-            num_workers=self.readers,
-            world_size=self.world_size,
-            rank=self.rank,
-            resampled=self.cfg.resampled,
-        )
-
-    def _adopt(self, state: Optional[LoaderState]) -> LoaderState:
-        if state is None:
-            return self._fresh(0, self.cfg.seed)
-        if not self.train:
-            raise ValueError("an eval loader is one deterministic pass; it takes no resume state")
-        if state.seed != self.cfg.seed:
-            warnings.warn(
-                f"resuming loader with the checkpoint's seed {state.seed} (config says {self.cfg.seed}) so the "
-                "interrupted epoch's order is kept",
-                stacklevel=3,
-            )
-        if state.resampled != self.cfg.resampled:
-            warnings.warn("data.resampled changed since the checkpoint; starting a new epoch", stacklevel=3)
-            return self._fresh(state.epoch + 1, state.seed)
-        if self.cfg.resampled:
-            out = dataclasses.replace(state, worker_cursors=[0] * self.readers, next_worker=0)
-            out.num_workers, out.world_size, out.rank = self.readers, self.world_size, self.rank
-            if state.samples_consumed or state.batches_consumed:
-                # new randomness rather than the stream the checkpointed run already consumed
-                out.reseed = mix_seed(state.reseed, state.samples_consumed, state.batches_consumed)
-            return out
-        layout = (state.num_workers, state.world_size, state.rank, len(state.worker_cursors))
-        if layout != (self.readers, self.world_size, self.rank, self.readers):
-            warnings.warn(
-                f"loader layout changed since the checkpoint (workers, world_size, rank: "
-                f"{layout[:3]} -> {(self.readers, self.world_size, self.rank)}); epoch {state.epoch} cannot "
-                f"continue exactly, so epoch {state.epoch + 1} starts (nothing replays)",
-                stacklevel=3,
-            )
-            return self._fresh(state.epoch + 1, state.seed)
-        return dataclasses.replace(state, worker_cursors=list(state.worker_cursors))
-
-    @property
-    def state(self) -> LoaderState:
-        """A copy of the current state (what has been yielded so far)."""
-        return dataclasses.replace(self._state, worker_cursors=list(self._state.worker_cursors))
-
-    def state_dict(self) -> dict[str, Any]:
-        """The current :class:`LoaderState` as a dict, for the checkpoint's client_state."""
-        return self._state.to_dict()
-
-    @property
-    def stats(self) -> dict[str, int]:
-        """Counters: epoch, corrupt samples/shards skipped (``errors``), too-short videos (``skipped``)."""
-        return {
-            "epoch": self._state.epoch,
-            "errors": self._errors + sum(self._epoch_errors.values()),
-            "skipped": self._skipped + sum(self._epoch_skipped.values()),
-        }
-
-    # iteration -----------------------------------------------------------------------------------
 
     def _dataset(self) -> IterableDataset:
-        """This reader's dataset for the current state (subclasses swap the sample decode)."""
+        """This rank's clip dataset for the current state."""
         st = self._state
         return _ClipDataset(
             self.urls,
@@ -514,70 +386,6 @@ class ClipLoader:
             cursors=list(st.worker_cursors),
             worker_offset=st.next_worker,
         )
-
-    def _dataloader(self) -> DataLoader:
-        st = self._state
-        dataset = self._dataset()
-        extra: dict[str, Any] = {}
-        if self.num_workers > 0:
-            extra["prefetch_factor"] = self.cfg.prefetch_factor
-            if self.cfg.worker_start_method is not None:
-                extra["multiprocessing_context"] = self.cfg.worker_start_method
-        # DataLoader draws its workers' base seed from the generator it is given, or else from the
-        # global RNG; a private one keeps a resumed run's global RNG stream identical to an
-        # uninterrupted run's (the pipeline's own randomness is seeded from (seed, epoch, rank)).
-        generator = torch.Generator().manual_seed(mix_seed(st.seed, st.epoch, self.rank))
-        return DataLoader(
-            dataset, batch_size=None, num_workers=self.num_workers, pin_memory=self.cfg.pin_memory,
-            generator=generator, **extra,
-        )
-
-    def _end_epoch(self) -> None:
-        self._errors += sum(self._epoch_errors.values())
-        self._skipped += sum(self._epoch_skipped.values())
-        self._epoch_errors, self._epoch_skipped = {}, {}
-        self._state = self._fresh(self._state.epoch + 1, self._state.seed)
-
-    def epoch_iter(self) -> Iterator[Batch]:
-        """The rest of the current epoch's batches; the epoch advances once it is exhausted."""
-        st = self._state
-        fresh = st.batches_consumed == 0 and not any(st.worker_cursors)
-        produced = 0
-        it = iter(self._dataloader())
-        try:
-            for batch in it:
-                meta = batch.pop("_meta")
-                w = int(meta["worker"])
-                st.worker_cursors[w] = int(meta["cursor"])
-                st.next_worker = (w + 1) % self.readers
-                self._epoch_errors[w] = int(meta["errors"])
-                self._epoch_skipped[w] = int(meta["skipped"])
-                if "video" not in batch:  # a reader's tail item: counts only
-                    continue
-                st.batches_consumed += 1
-                st.samples_consumed += len(batch["key"])
-                produced += 1
-                yield batch
-                if self.epoch_batches is not None and st.batches_consumed >= self.epoch_batches:
-                    break
-        finally:
-            del it  # shuts the worker processes down, also when the consumer stops early
-        if produced == 0 and fresh:
-            stats = self.stats
-            raise ValueError(
-                f"rank {self.rank} got no clips from {len(self.urls)} shards ({self.urls[0]} ...): "
-                f"{stats['errors']} corrupt samples/shards, {stats['skipped']} videos shorter than "
-                f"{self.cfg.clip_span} frames, batch_size {self.cfg.batch_size}; check the shards, lower "
-                "data.frames/frame_stride, set data.short_videos=loop, or use data.drop_last=false"
-            )
-        self._end_epoch()
-
-    def __iter__(self) -> Iterator[Batch]:
-        if not self.train:
-            yield from self.epoch_iter()
-            return
-        while True:
-            yield from self.epoch_iter()
 
 
 def build_clip_loader(

@@ -1,8 +1,8 @@
 """Stage-2 batches from latent shards (written by data_prep/encode_latents.py); no pixel is decoded here.
 
-The pipeline is the clip loader's (:func:`~vqvdm_scale.data.clip_loader.shard_sample_pipeline`: seeded
+The pipeline is the clip loader's (:func:`~vqvdm_scale.data.pipeline.shard_sample_pipeline`: seeded
 shuffle or resampled shards, explicit rank/worker split, counted-not-raised tar errors, shuffle buffer,
-exact resume through :class:`~vqvdm_scale.data.clip_loader.LoaderState`) with a latent decode in place of
+exact resume through :class:`~vqvdm_scale.data.loader_base.LoaderState`) with a latent decode in place of
 the video decode:
 
     npy (codebook indices int16/int32 [t, h, w]  |  quantised latents fp16 [D, t, h, w])
@@ -41,13 +41,10 @@ from torch import Tensor
 from torch.utils.data import IterableDataset
 
 from vqvdm_scale.config.core import ConfigError
-from vqvdm_scale.data.clip_loader import (
-    Batch,
-    ClipLoader,
-    ClipLoaderConfig,
+from vqvdm_scale.data.clip_loader import ClipLoaderConfig
+from vqvdm_scale.data.loader_base import Batch, LoaderState, ResumableLoader, collate_batch
+from vqvdm_scale.data.pipeline import (
     ErrorCounter,
-    LoaderState,
-    _collate,
     check_enough_shards,
     reader_identity,
     shard_sample_pipeline,
@@ -310,18 +307,18 @@ class _LatentDataset(IterableDataset):
                 counter(exn)
                 continue
             if len(batch) == self.batch_size:
-                yield _collate(batch, dict(worker=worker, cursor=cursor, errors=counter.count, skipped=0))
+                yield collate_batch(batch, dict(worker=worker, cursor=cursor, errors=counter.count, skipped=0))
                 batch = []
         meta = dict(worker=worker, cursor=cursor, errors=counter.count, skipped=0)
         if batch and not self.drop_last:
-            yield _collate(batch, meta)
+            yield collate_batch(batch, meta)
         yield {"_meta": meta}  # the reader's tail item (counts only), as in the clip loader
 
 
 # ------------------------------------------------------------------------------------------ the loader
 
 
-class LatentLoader(ClipLoader):
+class LatentLoader(ResumableLoader):
     """Iterable of latent batches for one rank, with the clip loader's epochs, state and resume.
 
     Batches: ``{"latent": [B, D, t, h, w] float32 normalised, "label": [B] int64, "fps": [B] float32,
@@ -352,7 +349,7 @@ class LatentLoader(ClipLoader):
         self.decode = _LatentDecode(manifest, codebook)
 
     def _dataset(self) -> IterableDataset:
-        """The latent dataset for the current state (DataLoader construction is ClipLoader's)."""
+        """The latent dataset for the current state (DataLoader construction is ResumableLoader's)."""
         st = self._state
         return _LatentDataset(
             self.urls,
@@ -372,8 +369,8 @@ class LatentLoader(ClipLoader):
         )
 
     def epoch_iter(self) -> Iterator[Batch]:
-        """The rest of the current epoch's batches (ClipLoader's bookkeeping; the tensor key renamed)."""
-        # ClipLoader.epoch_iter tells batches from tail items by the "video" key, so the dataset yields
+        """The rest of the current epoch's batches (ResumableLoader's bookkeeping; the tensor key renamed)."""
+        # ResumableLoader.epoch_iter tells batches from tail items by the "video" key, so the dataset yields
         # the latents under that key and they are renamed here, after the state has been updated.
         for batch in super().epoch_iter():
             batch["latent"] = batch.pop("video")
