@@ -52,24 +52,20 @@ from fsspec.core import url_to_fs
 from tqdm import tqdm
 
 from vqvdm_scale.config import ConfigError, to_dict
-from vqvdm_scale.data.clip_loader import (
-    ErrorCounter,
-    _resize_short_side,
-    decode_frames,
-    eval_windows,
-    shard_sample_pipeline,
-)
+from vqvdm_scale.data.clip_loader import _resize_short_side, decode_frames, eval_windows
 from vqvdm_scale.data.latent_loader import LATENT_FORMAT, codebook_sha256, stats_from_sums
-from vqvdm_scale.data.make_shards import (  # its private writer helpers: both writers stay atomic alike
+from vqvdm_scale.data.pipeline import ErrorCounter, shard_sample_pipeline
+from vqvdm_scale.data.shard_io import (  # the same atomic writing as make_shards
     MANIFEST_NAME,
-    TAR_MTIME,
-    TAR_USER,
-    _HashingWriter,
-    _join,
-    _mp_context,
-    _sha256_of,
-    _tmp_name,
-    _write_json,
+    HashingWriter,
+    finished_sidecar,
+    join_url,
+    mp_context,
+    publish_shard,
+    remove_tmps,
+    tar_writer,
+    tmp_name,
+    write_json,
 )
 from vqvdm_scale.data.urls import read_manifest, resolve_shards
 from vqvdm_scale.dist.env import barrier, get_rank, get_world_size, init_distributed, is_dist, pick_device
@@ -179,7 +175,7 @@ class _DecodePool:
 
     def _new(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(
-            self.workers, mp_context=_mp_context(), initializer=torch.set_num_threads, initargs=(1,)
+            self.workers, mp_context=mp_context(), initializer=torch.set_num_threads, initargs=(1,)
         )
 
     def _restart(self) -> None:
@@ -254,7 +250,7 @@ def _input_manifests(urls: Sequence[str]) -> tuple[dict[str, dict[str, Any]], li
             classes = [str(c) for c in manifest["classes"]]
         for entry in manifest["shards"]:
             if isinstance(entry, dict) and "name" in entry:
-                entries[_join(d, str(entry["name"]))] = entry
+                entries[join_url(d, str(entry["name"]))] = entry
     return entries, classes
 
 
@@ -270,17 +266,7 @@ def _plan_hash(cfg: EncodeConfig, fingerprint: str, source: str) -> str:
 
 def _complete_sidecar(fs: Any, root: str, task: _Task) -> Optional[dict[str, Any]]:
     """The sidecar of a finished latent shard made under this plan, or None when it must be (re)written."""
-    tar, side = _join(root, task.name), _join(root, _sidecar_name(task.name))
-    if not fs.exists(tar) or not fs.exists(side):
-        return None
-    try:
-        with fs.open(side, "rb") as f:
-            sidecar = json.loads(f.read())
-    except (OSError, ValueError):
-        return None
-    if sidecar.get("plan") != task.plan or _sha256_of(fs, tar) != sidecar.get("sha256"):
-        return None
-    return sidecar
+    return finished_sidecar(fs, root, task.name, _sidecar_name(task.name), lambda side: side.get("plan") == task.plan)
 
 
 class _ErrorLog(ErrorCounter):
@@ -346,15 +332,15 @@ def _encode_shard(
     rank: int,
 ) -> dict[str, Any]:
     """Write one latent shard (tmp tar -> sidecar -> rename) from one input shard; returns the sidecar."""
-    tmp = _join(root, _tmp_name(task.name))
+    tmp = join_url(root, tmp_name(task.name))
     errors = _ErrorLog(task.url)
     skipped: list[dict[str, str]] = []
     videos = 0
     samples = shard_sample_pipeline([task.url], rank=0, world_size=1, shuffle_shards=False, handler=errors)
     jobs = ((s, cfg.frames, cfg.stride, cfg.resolution, cfg.num_windows) for s in samples)
     with fs.open(tmp, "wb") as raw:
-        out = _HashingWriter(raw)
-        writer = wds.TarWriter(out, encoder=False, mtime=TAR_MTIME, user=TAR_USER, group=TAR_USER)
+        out = HashingWriter(raw)
+        writer = tar_writer(out)
         enc = _ShardEncoder(model, cfg, writer, model.cfg.latent_dim)
         # decode a bounded chunk of videos at a time (in order), so memory stays flat on big shards
         for chunk in _chunks(jobs, max(1, 2 * cfg.workers)):
@@ -387,8 +373,7 @@ def _encode_shard(
         "stats": {"positions": enc.positions, "sum": enc.sum.tolist(), "sumsq": enc.sumsq.tolist()},
         "plan": task.plan, "rank": rank,  # who wrote it (informational; not part of the plan)
     }
-    _write_json(fs, root, _sidecar_name(task.name), sidecar)
-    fs.mv(tmp, _join(root, task.name))
+    publish_shard(fs, root, task.name, _sidecar_name(task.name), sidecar)
     return sidecar
 
 
@@ -454,7 +439,7 @@ def _write_manifest(
             )
         ordered.append(side)
     manifest = _merge(cfg, ordered, model, fingerprint, classes)
-    _write_json(fs, root, MANIFEST_NAME, manifest)
+    write_json(fs, root, MANIFEST_NAME, manifest)
     reasons = ", ".join(f"{k}={v}" for k, v in manifest["counts"]["skip_counts"].items()) or "none"
     print(
         f"encode_latents: {manifest['num_samples']} latent samples ({cfg.store}, {manifest['dtype']} "
@@ -513,9 +498,9 @@ def _run(cfg: EncodeConfig, rank: int, world: int) -> dict[str, Any]:
                            None if count is None else int(count)))
     fs, root = url_to_fs(cfg.output)
     fs.makedirs(root, exist_ok=True)
-    if rank == 0 and fs.exists(_join(root, MANIFEST_NAME)):
+    if rank == 0 and fs.exists(join_url(root, MANIFEST_NAME)):
         # a manifest only ever describes a finished cache: drop the old one until this run has merged
-        fs.rm(_join(root, MANIFEST_NAME))
+        fs.rm(join_url(root, MANIFEST_NAME))
 
     mine = [t for t in tasks if t.index % world == rank]
     sidecars: dict[int, dict[str, Any]] = {}
@@ -540,11 +525,7 @@ def _run(cfg: EncodeConfig, rank: int, world: int) -> dict[str, Any]:
         if pool is not None:
             pool.close()
         bar.close()
-    for task in mine:  # stray temporaries of a killed run
-        for name in (task.name, _sidecar_name(task.name)):
-            tmp = _join(root, _tmp_name(name))
-            if fs.exists(tmp):
-                fs.rm(tmp)
+    remove_tmps(fs, root, [n for t in mine for n in (t.name, _sidecar_name(t.name))])  # a killed run's strays
     written = [sidecars[t.index] for t in todo]
     encoded = sum(s["count"] for s in written)
     elapsed = time.time() - start
@@ -567,7 +548,7 @@ def _run(cfg: EncodeConfig, rank: int, world: int) -> dict[str, Any]:
         raise failure
     if rank != 0:
         try:
-            with fs.open(_join(root, MANIFEST_NAME), "rb") as f:
+            with fs.open(join_url(root, MANIFEST_NAME), "rb") as f:
                 manifest = json.loads(f.read())
         except FileNotFoundError as e:
             raise RuntimeError(f"rank 0 wrote no {MANIFEST_NAME} in {cfg.output}; see rank 0's error") from e

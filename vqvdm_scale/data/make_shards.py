@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import multiprocessing as mp
 import re
 import time
 from collections import Counter
@@ -32,12 +31,25 @@ from typing import Any, Literal, Optional
 
 import fsspec
 import numpy as np
-import webdataset as wds
 from fsspec.core import url_to_fs
 from tqdm import tqdm
 
 from vqvdm_scale.config import ConfigError, to_dict
 from vqvdm_scale.data.layouts import VIDEO_EXTENSIONS, VideoItem, list_items
+from vqvdm_scale.data.shard_io import (  # MANIFEST_NAME, TAR_*: re-exported, this module was their home
+    MANIFEST_NAME,
+    TAR_MTIME,
+    TAR_USER,
+    HashingWriter,
+    finished_sidecar,
+    join_url,
+    mp_context,
+    publish_shard,
+    remove_tmps,
+    tar_writer,
+    tmp_name,
+    write_json,
+)
 from vqvdm_scale.data.video_io import (
     DEFAULT_CRF,
     DEFAULT_PRESET,
@@ -48,11 +60,20 @@ from vqvdm_scale.data.video_io import (
     encode_mp4,
 )
 
+__all__ = [
+    "FORMAT",
+    "MANIFEST_NAME",
+    "TAR_MTIME",
+    "TAR_USER",
+    "ShardsConfig",
+    "SkipVideo",
+    "main",
+    "make_sample",
+    "sample_key",
+    "shard_name",
+]
+
 FORMAT = "vqvdm-video-shards/1"
-MANIFEST_NAME = "manifest.json"
-# Fixed tar member metadata: shard bytes must not depend on when or by whom they were written.
-TAR_MTIME = 0.0
-TAR_USER = "vqvdm"
 # Parameters that change shard bytes; a shard written under different values is redone on a re-run.
 _PLAN_FIELDS = ("layout", "resolution", "shard_size", "storage", "min_frames", "max_frames",
                 "keep_partial", "frames_fps", "crf", "preset")
@@ -136,14 +157,6 @@ def _sidecar_name(index: int) -> str:
     return f"shard-{index:06d}.json"
 
 
-def _tmp_name(name: str) -> str:
-    return f".{name}.tmp"
-
-
-def _join(root: str, name: str) -> str:
-    return f"{root.rstrip('/')}/{name}"
-
-
 def _load(item: VideoItem, cfg: ShardsConfig) -> DecodedVideo:
     if item.kind == "frames_dir":
         return decode_frames_dir(item.source, cfg.resolution, cfg.max_frames, cfg.frames_fps)
@@ -185,55 +198,13 @@ def make_sample(index: int, item: VideoItem, cfg: ShardsConfig) -> tuple[dict[st
     return sample, video.error
 
 
-class _HashingWriter:
-    """File wrapper that hashes what is written, so a shard's sha256 needs no second read."""
-
-    def __init__(self, fileobj: Any) -> None:
-        self.fileobj = fileobj
-        self.sha = hashlib.sha256()
-        self.size = 0
-
-    def write(self, data: bytes) -> int:
-        self.sha.update(data)
-        self.size += len(data)
-        self.fileobj.write(data)
-        return len(data)
-
-    def flush(self) -> None:
-        self.fileobj.flush()
-
-
-def _sha256_of(fs: fsspec.AbstractFileSystem, path: str) -> str:
-    sha = hashlib.sha256()
-    with fs.open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            sha.update(block)
-    return sha.hexdigest()
-
-
 def _complete_sidecar(fs: fsspec.AbstractFileSystem, root: str, task: _ShardTask) -> dict[str, Any] | None:
     """The sidecar of a finished shard that matches this plan, or None when the shard must be (re)written."""
-    tar = _join(root, shard_name(task.index))
-    side = _join(root, _sidecar_name(task.index))
-    if not fs.exists(tar) or not fs.exists(side):
-        return None
-    try:
-        with fs.open(side, "rb") as f:
-            sidecar = json.loads(f.read())
-    except (OSError, ValueError):
-        return None
-    if sidecar.get("plan") != task.plan or sidecar.get("sources") != [it.rel for it in task.items]:
-        return None
-    if _sha256_of(fs, tar) != sidecar.get("sha256"):
-        return None
-    return sidecar
-
-
-def _write_json(fs: fsspec.AbstractFileSystem, root: str, name: str, data: dict[str, Any]) -> None:
-    tmp = _join(root, _tmp_name(name))
-    with fs.open(tmp, "wb") as f:
-        f.write(json.dumps(data, indent=1, sort_keys=True).encode())
-    fs.mv(tmp, _join(root, name))
+    sources = [it.rel for it in task.items]
+    return finished_sidecar(
+        fs, root, shard_name(task.index), _sidecar_name(task.index),
+        lambda side: side.get("plan") == task.plan and side.get("sources") == sources,
+    )
 
 
 def _write_shard(task: _ShardTask) -> dict[str, Any]:
@@ -241,13 +212,13 @@ def _write_shard(task: _ShardTask) -> dict[str, Any]:
     cfg = task.cfg
     fs, root = url_to_fs(cfg.output)
     name = shard_name(task.index)
-    tmp = _join(root, _tmp_name(name))
+    tmp = join_url(root, tmp_name(name))
     skipped: list[dict[str, str]] = []
     partial: list[dict[str, Any]] = []
     count = 0
     with fs.open(tmp, "wb") as raw:
-        out = _HashingWriter(raw)
-        writer = wds.TarWriter(out, encoder=False, mtime=TAR_MTIME, user=TAR_USER, group=TAR_USER)
+        out = HashingWriter(raw)
+        writer = tar_writer(out)
         for offset, item in enumerate(task.items):
             try:
                 sample, note = make_sample(task.first + offset, item, cfg)
@@ -267,20 +238,13 @@ def _write_shard(task: _ShardTask) -> dict[str, Any]:
         "name": name, "count": count, "sha256": out.sha.hexdigest(), "bytes": out.size,
         "skipped": skipped, "partial": partial, "sources": [it.rel for it in task.items], "plan": task.plan,
     }
-    _write_json(fs, root, _sidecar_name(task.index), sidecar)
-    fs.mv(tmp, _join(root, name))
+    publish_shard(fs, root, name, _sidecar_name(task.index), sidecar)
     return sidecar
 
 
 def _is_memory(fs: fsspec.AbstractFileSystem) -> bool:
     protocol = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
     return "memory" in protocol
-
-
-def _mp_context() -> mp.context.BaseContext:
-    # Never fork: the parent may hold threads (torch, tqdm) and fsspec clients that do not survive it.
-    methods = mp.get_all_start_methods()
-    return mp.get_context("forkserver" if "forkserver" in methods else "spawn")
 
 
 def main(cfg: ShardsConfig) -> dict[str, Any]:
@@ -318,7 +282,7 @@ def main(cfg: ShardsConfig) -> dict[str, Any]:
     bar = tqdm(total=len(listing.items), unit="video", desc="make_shards", disable=not cfg.progress)
     bar.update(sum(len(tasks[i].items) for i in sidecars))
     if workers > 1:
-        with _mp_context().Pool(workers) as pool:
+        with mp_context().Pool(workers) as pool:
             for sidecar in pool.imap_unordered(_write_shard, todo):
                 index = int(sidecar["name"][len("shard-"):-len(".tar")])
                 sidecars[index] = sidecar
@@ -328,11 +292,8 @@ def main(cfg: ShardsConfig) -> dict[str, Any]:
             sidecars[task.index] = _write_shard(task)
             bar.update(len(task.items))
     bar.close()
-    for task in tasks:  # stray temporaries of a killed run (the re-run above overwrote or finished them)
-        for name in (shard_name(task.index), _sidecar_name(task.index)):
-            tmp = _join(root, _tmp_name(name))
-            if fs.exists(tmp):
-                fs.rm(tmp)
+    # stray temporaries of a killed run (the re-run above overwrote or finished them)
+    remove_tmps(fs, root, [name for t in tasks for name in (shard_name(t.index), _sidecar_name(t.index))])
 
     ordered = [sidecars[t.index] for t in tasks]
     skipped = [{"source": s["source"], "reason": s["reason"], "detail": s["detail"]}
@@ -347,7 +308,7 @@ def main(cfg: ShardsConfig) -> dict[str, Any]:
         "skip_counts": dict(sorted(Counter(s["reason"] for s in skipped).items())),
         "partial": [p for side in ordered for p in side["partial"]],
     }
-    _write_json(fs, root, MANIFEST_NAME, manifest)
+    write_json(fs, root, MANIFEST_NAME, manifest)
     reasons = ", ".join(f"{k}={v}" for k, v in manifest["skip_counts"].items()) or "none"
     print(
         f"make_shards: wrote {manifest['num_samples']} videos in {len(manifest['shards'])} shards to {cfg.output} "
