@@ -62,12 +62,14 @@ __all__ = [
     "collate_batch",
     "build_clip_loader",
     "check_enough_shards",
+    "crop_clip",
     "decode_frames",
     "eval_windows",
     "fsspec_open_shards",
     "make_clip",
     "mix_seed",
     "reader_identity",
+    "resize_short_side",
     "shard_sample_pipeline",
     "split_by_rank",
 ]
@@ -172,12 +174,45 @@ class _TooShort(Exception):
     """The video has fewer frames than one clip needs (counted as skipped, not as an error)."""
 
 
-def _resize_short_side(video: torch.Tensor, size: int) -> torch.Tensor:
+def resize_short_side(video: torch.Tensor, size: int) -> torch.Tensor:
     """[T, 3, H, W] float -> short side ``size`` (bilinear with antialias, aspect kept)."""
     h, w = video.shape[-2:]
     scale = size / min(h, w)
     new = (max(size, round(h * scale)), max(size, round(w * scale)))
     return F.interpolate(video, size=new, mode="bilinear", antialias=True, align_corners=False)
+
+
+def crop_clip(
+    frames: np.ndarray,
+    size: int,
+    rng: Optional[random.Random] = None,
+    *,
+    random_crop: bool = False,
+    random_flip: bool = False,
+) -> torch.Tensor:
+    """uint8 ``[T, H, W, 3]`` frames -> ``[3, T, size, size]`` float in [-1, 1]: short side resized, square crop.
+
+    The crop is centred unless ``random_crop`` (position drawn from ``rng`` along both axes); with
+    ``random_flip`` the clip is mirrored horizontally with p=0.5 (drawn from ``rng`` after the crop). The
+    clip loader and encode_latents both cut clips here, so a cached latent encodes an eval loader's clip.
+    """
+    if (random_crop or random_flip) and rng is None:
+        raise ValueError("crop_clip: random_crop / random_flip need an rng")
+    video = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)  # [T, 3, H, W] uint8
+    if min(video.shape[-2:]) != size:
+        video = resize_short_side(video.float(), size).clamp_(0, 255)  # [T, 3, H', W']
+    h, w = video.shape[-2:]
+    if random_crop:
+        assert rng is not None
+        top, left = rng.randint(0, h - size), rng.randint(0, w - size)
+    else:
+        top, left = (h - size) // 2, (w - size) // 2
+    video = video[:, :, top : top + size, left : left + size]
+    if random_flip:
+        assert rng is not None
+        if rng.random() < 0.5:
+            video = video.flip(-1)
+    return video.permute(1, 0, 2, 3).float().div_(127.5).sub_(1.0).contiguous()  # [3, T, S, S]
 
 
 def _window_start(num_frames: int, span: int, train: bool, rng: random.Random) -> int:
@@ -221,22 +256,13 @@ def make_clip(sample: dict[str, Any], spec: _ClipSpec, rng: random.Random) -> di
         raise ValueError(f"sample {sample.get('__key__')} decoded to no frames")
     else:
         idx = (np.arange(spec.frames) * spec.stride) % n  # loop the video to fill the clip
-    clip = frames[idx]  # [T, H, W, 3] uint8
-    s = spec.resolution
-    if min(clip.shape[1:3]) != s:
-        video = torch.from_numpy(np.ascontiguousarray(clip)).permute(0, 3, 1, 2).float()
-        video = _resize_short_side(video, s).clamp_(0, 255)  # [T, 3, H', W']
-    else:
-        video = torch.from_numpy(np.ascontiguousarray(clip)).permute(0, 3, 1, 2)
-    h, w = video.shape[-2:]
-    if spec.train and spec.random_crop:
-        top, left = rng.randint(0, h - s), rng.randint(0, w - s)
-    else:
-        top, left = (h - s) // 2, (w - s) // 2
-    video = video[:, :, top : top + s, left : left + s]
-    if spec.train and spec.random_flip and rng.random() < 0.5:
-        video = video.flip(-1)
-    video = video.permute(1, 0, 2, 3).float().div_(127.5).sub_(1.0).contiguous()  # [3, T, S, S]
+    video = crop_clip(
+        frames[idx],  # [T, H, W, 3] uint8
+        spec.resolution,
+        rng,
+        random_crop=spec.train and spec.random_crop,
+        random_flip=spec.train and spec.random_flip,
+    )
     fps = float(meta.get("fps", container_fps if container_fps is not None else 0.0))
     return {
         "video": video,

@@ -52,7 +52,7 @@ from fsspec.core import url_to_fs
 from tqdm import tqdm
 
 from vqvdm_scale.config import ConfigError, to_dict
-from vqvdm_scale.data.clip_loader import _resize_short_side, decode_frames, eval_windows
+from vqvdm_scale.data.clip_loader import crop_clip, decode_frames, eval_windows
 from vqvdm_scale.data.latent_loader import LATENT_FORMAT, codebook_sha256, stats_from_sums
 from vqvdm_scale.data.pipeline import ErrorCounter, shard_sample_pipeline
 from vqvdm_scale.data.shard_io import (  # the same atomic writing as make_shards
@@ -145,14 +145,7 @@ def video_windows(
     video, container_fps = decode_frames(sample, max_frames=None, resolution=resize_in_decoder)
     out: list[tuple[int, int, torch.Tensor]] = []
     for window, start in enumerate(window_starts(video.shape[0], frames, stride, windows)):
-        clip = torch.from_numpy(np.ascontiguousarray(video[start + stride * np.arange(frames)]))
-        clip = clip.permute(0, 3, 1, 2)  # [T, 3, H, W]
-        if min(clip.shape[-2:]) != resolution:
-            clip = _resize_short_side(clip.float(), resolution).clamp_(0, 255)
-        h, w = clip.shape[-2:]
-        top, left = (h - resolution) // 2, (w - resolution) // 2
-        clip = clip[:, :, top : top + resolution, left : left + resolution]
-        out.append((window, start, clip.permute(1, 0, 2, 3).float().div_(127.5).sub_(1.0).contiguous()))
+        out.append((window, start, crop_clip(video[start + stride * np.arange(frames)], resolution)))
     fps = float(meta.get("fps", container_fps if container_fps is not None else 0.0))
     return meta, fps, out
 
