@@ -150,10 +150,11 @@ def _quality(cfg: QuickstartConfig, shards: Path, tokenizer_path: Path, cond: li
                          batch_size=64, num_workers=0),
         train=False,
     )
-    batch = next(iter(loader))
-    x, y = batch["video"], batch["label"].tolist()
+    batches = list(loader)  # one centred clip of every video, all classes
+    x = torch.cat([b["video"] for b in batches])
+    y = torch.cat([b["label"] for b in batches]).tolist()
     tokenizer, _, _ = load_tokenizer(tokenizer_path)
-    rec, _ = tokenizer(x)
+    rec = torch.cat([tokenizer(x[i : i + 32])[0] for i in range(0, len(x), 32)])
     cond_videos = _read_mp4s(cond)
     cond_labels = [int(p.name.split("_class")[1][:3]) for p in cond]
     long_videos = _read_mp4s(long)
