@@ -182,7 +182,7 @@ def _row(r: dict[str, Any]) -> dict[str, str]:
         "decode (s)": fmt(r["decode_s"]) if r["kind"] == "latent" else "-",
         "s/video": fmt(r["s_per_video"]) + (" (scaled)" if r["scaled"] else ""),
         "GFLOPs/video": fmt(r["flops_per_video"] / 1e9),
-        "paper s/video (GPU)": fmt(r["paper_s"]),
+        "paper s/video (GPU)": f"{r['paper_s']:.2f}",
         "timings": r["timings_label"],
     }
 

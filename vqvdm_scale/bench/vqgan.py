@@ -234,8 +234,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         results[spec.preset] = bench_tokenizer(spec, args.repeats, args.budget_s, args.warmup)
     print(format_table(COLUMNS, [_row(r) for r in results.values()]))
     print(
-        "median of the timed calls after one warm-up; '*' = the warm-up call took > 30 s and is kept as the "
-        "first sample (its one-time costs are < 1% of it)"
+        f"median of the timed calls after {args.warmup} warm-up call(s); '*' = the warm-up call took > 30 s "
+        "and is kept as the first sample (its one-time costs are < 1% of it)"
     )
     return {"machine": info, "results": results}
 
