@@ -50,7 +50,7 @@ class QuickstartConfig:
     frames: int = 32  # frames per synthetic video (clips are 16)
     size: int = 40  # synthetic frame size before make_shards resizes the short side to 32
     vqgan_steps: int = 300
-    ldm_steps: int = 400
+    ldm_steps: int = 1000
     sample_steps: int = 50
     guidance: float = 2.0
     videos_per_class_sampled: int = 2
