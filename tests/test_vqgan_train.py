@@ -95,3 +95,10 @@ def test_missing_lpips_weights_fail_with_a_clear_message(tmp_path: Path, monkeyp
     cfg = load_config(VQGANRunConfig, TINY, ["loss.perceptual_weight=1.0"])
     with pytest.raises(FileNotFoundError, match=r"vgg16-397923af\.pth.*lpips_weights|lpips_weights.*vgg16"):
         VQGANLoss(cfg.loss)
+
+
+def test_zero3_is_refused_with_a_clear_message() -> None:
+    from vqvdm_scale.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"zero_stage=3 is not supported for the VQGAN.*use 2"):
+        load_config(VQGANRunConfig, TINY, ["train.zero_stage=3"])

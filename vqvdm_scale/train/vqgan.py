@@ -63,6 +63,13 @@ class VQGANRunConfig:
                 f"data.frames={self.data.frames} and data.resolution={self.data.resolution} must be divisible by "
                 f"model.downsample={self.model.downsample}"
             )
+        if self.train.zero_stage == 3:
+            # Measured: DeepSpeed 0.19's ZeRO-3 backward hooks assert ("active_backward_submodules is empty")
+            # once the frozen discriminator engine runs inside the generator's graph (GAN on).
+            raise ConfigError(
+                "train.zero_stage=3 is not supported for the VQGAN (its discriminator runs inside the generator "
+                "loss); use 2, which partitions gradients and optimiser states"
+            )
         if self.disc.in_channels != self.model.in_channels:
             raise ConfigError("disc.in_channels must equal model.in_channels")
 
