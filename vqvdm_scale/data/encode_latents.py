@@ -38,8 +38,6 @@ import posixpath
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from itertools import islice
 from typing import Any, Literal, Optional
@@ -52,7 +50,7 @@ from fsspec.core import url_to_fs
 from tqdm import tqdm
 
 from vqvdm_scale.config import ConfigError, to_dict
-from vqvdm_scale.data.clip_loader import crop_clip, decode_frames, eval_windows
+from vqvdm_scale.data.encode_windows import DecodePool, prepare_job, video_windows, window_starts
 from vqvdm_scale.data.latent_loader import LATENT_FORMAT, codebook_sha256, stats_from_sums
 from vqvdm_scale.data.pipeline import ErrorCounter, shard_sample_pipeline
 from vqvdm_scale.data.shard_io import (  # the same atomic writing as make_shards
@@ -60,7 +58,6 @@ from vqvdm_scale.data.shard_io import (  # the same atomic writing as make_shard
     HashingWriter,
     finished_sidecar,
     join_url,
-    mp_context,
     publish_shard,
     remove_tmps,
     tar_writer,
@@ -115,84 +112,6 @@ class EncodeConfig:
 
 
 # --------------------------------------------------------------------------------------- clip windows
-
-
-def window_starts(num_frames: int, frames: int, stride: int, windows: Optional[int]) -> list[int]:
-    """First frames of the windows of a ``num_frames`` video: all non-overlapping (None) or N evenly spaced."""
-    span = (frames - 1) * stride + 1
-    if num_frames < span:
-        return []
-    if windows is None:
-        return eval_windows(num_frames, frames, stride)
-    last = num_frames - span
-    if windows == 1:
-        return [last // 2]  # the clip loader's centred eval window
-    # round(i * last / (N - 1)) in integers (half up), deduplicated for videos with fewer positions than N
-    return sorted({(2 * i * last + windows - 1) // (2 * (windows - 1)) for i in range(windows)})
-
-
-def video_windows(
-    sample: dict[str, Any], frames: int, stride: int, resolution: int, windows: Optional[int]
-) -> tuple[dict[str, Any], float, list[tuple[int, int, torch.Tensor]]]:
-    """Decode one video shard sample into ``(meta, fps, [(window, start, clip [3, T, S, S] in [-1, 1])])``.
-
-    The resize (in the decoder for mp4, then bilinear with antialias) and the centre crop are the clip
-    loader's eval path, so a cached latent is the encoding of exactly the clip an eval loader would make.
-    """
-    meta = json.loads(sample["json"])
-    size = meta.get("size")
-    resize_in_decoder = resolution if resolution % 2 == 0 and size and min(size) != resolution else None
-    video, container_fps = decode_frames(sample, max_frames=None, resolution=resize_in_decoder)
-    out: list[tuple[int, int, torch.Tensor]] = []
-    for window, start in enumerate(window_starts(video.shape[0], frames, stride, windows)):
-        out.append((window, start, crop_clip(video[start + stride * np.arange(frames)], resolution)))
-    fps = float(meta.get("fps", container_fps if container_fps is not None else 0.0))
-    return meta, fps, out
-
-
-def _prepare(job: tuple[dict[str, Any], int, int, int, Optional[int]]) -> tuple[str, Any]:
-    """Worker-side :func:`video_windows` that reports failures instead of raising (keeps the pool alive)."""
-    sample, frames, stride, resolution, windows = job
-    try:
-        return "ok", video_windows(sample, frames, stride, resolution, windows)
-    except Exception as e:  # noqa: BLE001 - a corrupt member is counted, never stops the job
-        return "corrupt", f"{type(e).__name__}: {e}"
-
-
-class _DecodePool:
-    """Ordered video decoding in worker processes; a worker that dies (a decoder crash) costs only its video."""
-
-    def __init__(self, workers: int) -> None:
-        self.workers = workers
-        self.executor = self._new()
-
-    def _new(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(
-            self.workers, mp_context=mp_context(), initializer=torch.set_num_threads, initargs=(1,)
-        )
-
-    def _restart(self) -> None:
-        self.executor.shutdown(wait=False, cancel_futures=True)
-        self.executor = self._new()
-
-    def map(self, jobs: list[Any]) -> list[tuple[str, Any]]:
-        """``_prepare`` of every job, in order."""
-        try:
-            return list(self.executor.map(_prepare, jobs))
-        except BrokenProcessPool:
-            self._restart()
-        out: list[tuple[str, Any]] = []
-        for job in jobs:  # one at a time, to find the video that kills its worker
-            try:
-                out.append(self.executor.submit(_prepare, job).result())
-            except BrokenProcessPool:
-                self._restart()
-                out.append(("corrupt", "the decoder process crashed on this video"))
-        return out
-
-    def close(self) -> None:
-        """Stop the workers."""
-        self.executor.shutdown()
 
 
 @torch.no_grad()
@@ -321,7 +240,7 @@ class _ShardEncoder:
 
 
 def _encode_shard(
-    task: _Task, model: VQTokenizer, cfg: EncodeConfig, fs: Any, root: str, pool: Optional[_DecodePool], bar: tqdm,
+    task: _Task, model: VQTokenizer, cfg: EncodeConfig, fs: Any, root: str, pool: Optional[DecodePool], bar: tqdm,
     rank: int,
 ) -> dict[str, Any]:
     """Write one latent shard (tmp tar -> sidecar -> rename) from one input shard; returns the sidecar."""
@@ -337,7 +256,7 @@ def _encode_shard(
         enc = _ShardEncoder(model, cfg, writer, model.cfg.latent_dim)
         # decode a bounded chunk of videos at a time (in order), so memory stays flat on big shards
         for chunk in _chunks(jobs, max(1, 2 * cfg.workers)):
-            results = pool.map(chunk) if pool is not None else [_prepare(j) for j in chunk]
+            results = pool.map(chunk) if pool is not None else [prepare_job(j) for j in chunk]
             for job, (status, payload) in zip(chunk, results, strict=True):
                 key = str(job[0].get("__key__"))
                 bar.update(1)
@@ -508,9 +427,9 @@ def _run(cfg: EncodeConfig, rank: int, world: int) -> dict[str, Any]:
     total = sum(c for c in known if c is not None) if all(c is not None for c in known) else None
     bar = tqdm(total=total, unit="video", desc=f"encode_latents rank {rank}", position=rank,
                disable=not cfg.progress, leave=True)
-    pool: Optional[_DecodePool] = None
+    pool: Optional[DecodePool] = None
     if cfg.workers > 1 and todo:
-        pool = _DecodePool(cfg.workers)
+        pool = DecodePool(cfg.workers)
     try:
         for task in todo:
             sidecars[task.index] = _encode_shard(task, model, cfg, fs, root, pool, bar, rank)
