@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch.utils.data import IterableDataset
 
 from vqvdm_scale.config.core import ConfigError
-from vqvdm_scale.data.loader_base import Batch, LoaderState, ResumableLoader, collate_batch
+from vqvdm_scale.data.loader_base import Batch, LoaderState, ReaderSpec, ResumableLoader, collate_batch
 from vqvdm_scale.data.pipeline import (  # re-exported: this module was their home, callers import them here
     ErrorCounter,
     check_enough_shards,
@@ -275,60 +275,19 @@ def make_clip(sample: dict[str, Any], spec: _ClipSpec, rng: random.Random) -> di
 class _ClipDataset(IterableDataset):
     """One epoch of clip batches for one rank; each DataLoader worker builds its reader's pipeline."""
 
-    def __init__(
-        self,
-        urls: list[str],
-        spec: _ClipSpec,
-        *,
-        rank: int,
-        world_size: int,
-        seed: int,
-        epoch: int,
-        resampled: bool,
-        shuffle_buffer: int,
-        batch_size: int,
-        drop_last: bool,
-        reseed: int,
-        cursors: list[int],
-        worker_offset: int,
-    ) -> None:
+    def __init__(self, reader: ReaderSpec, spec: _ClipSpec) -> None:
         super().__init__()
-        self.urls = urls
-        self.spec = spec
-        self.rank, self.world_size = rank, world_size
-        self.seed, self.epoch, self.reseed = seed, epoch, reseed
-        self.resampled = resampled
-        self.shuffle_buffer = shuffle_buffer
-        self.batch_size, self.drop_last = batch_size, drop_last
-        self.cursors = cursors
-        self.worker_offset = worker_offset
+        self.reader, self.spec = reader, spec
 
     def __iter__(self) -> Iterator[Batch]:
-        worker, num_workers = reader_identity(self.worker_offset)
-        if num_workers != len(self.cursors):
-            raise RuntimeError(f"loader built for {len(self.cursors)} workers runs with {num_workers}")
-        counter = ErrorCounter(f"rank {self.rank} worker {worker}")
-        samples = shard_sample_pipeline(
-            self.urls,
-            rank=self.rank,
-            world_size=self.world_size,
-            worker=worker,
-            num_workers=num_workers,
-            seed=self.seed,
-            epoch=self.epoch,
-            resampled=self.resampled,
-            shuffle_shards=self.spec.train,
-            shuffle_buffer=self.shuffle_buffer if self.spec.train else 0,
-            reseed=self.reseed,
-            skip=self.cursors[worker],
-            handler=counter,
-        )
+        r = self.reader
+        worker, counter, samples = r.open("")
         # augmentation randomness is a function of the sample's stream position, so a resumed reader
         # that skips samples without decoding them still draws the same windows/crops/flips after
-        clip_seed = mix_seed(self.seed, self.epoch, self.reseed, self.rank, worker, 2)
+        clip_seed = mix_seed(r.seed, r.epoch, r.reseed, r.rank, worker, 2)
         batch: list[dict[str, Any]] = []
         skipped = 0
-        cursor = self.cursors[worker]
+        cursor = r.cursors[worker]
         for sample in samples:
             cursor = sample["__index__"] + 1
             try:
@@ -340,13 +299,13 @@ class _ClipDataset(IterableDataset):
                 exn.args = (*exn.args, sample.get("__key__"), sample.get("__url__"))
                 counter(exn)
                 continue
-            if len(batch) == self.batch_size:
+            if len(batch) == r.batch_size:
                 yield collate_batch(
                     batch, dict(worker=worker, cursor=cursor, errors=counter.count, skipped=skipped)
                 )
                 batch = []
         meta = dict(worker=worker, cursor=cursor, errors=counter.count, skipped=skipped)
-        if batch and not self.drop_last:
+        if batch and not r.drop_last:
             yield collate_batch(batch, meta)
         # a clip-less tail item reports the counts of errors after this reader's last batch; it takes a
         # turn in the DataLoader's worker round robin only when the reader has no batch left, so the
@@ -396,22 +355,7 @@ class ClipLoader(ResumableLoader):
 
     def _dataset(self) -> IterableDataset:
         """This rank's clip dataset for the current state."""
-        st = self._state
-        return _ClipDataset(
-            self.urls,
-            self.spec,
-            rank=self.rank,
-            world_size=self.world_size,
-            seed=st.seed,
-            epoch=st.epoch,
-            resampled=self.cfg.resampled and self.train,
-            shuffle_buffer=self.cfg.shuffle_buffer,
-            batch_size=self.cfg.batch_size,
-            drop_last=self.cfg.drop_last and self.train,
-            reseed=st.reseed,
-            cursors=list(st.worker_cursors),
-            worker_offset=st.next_worker,
-        )
+        return _ClipDataset(self._reader(), self.spec)
 
 
 def build_clip_loader(

@@ -42,12 +42,9 @@ from torch.utils.data import IterableDataset
 
 from vqvdm_scale.config.core import ConfigError
 from vqvdm_scale.data.clip_loader import ClipLoaderConfig
-from vqvdm_scale.data.loader_base import Batch, LoaderState, ResumableLoader, collate_batch
+from vqvdm_scale.data.loader_base import Batch, LoaderState, ReaderSpec, ResumableLoader, collate_batch
 from vqvdm_scale.data.pipeline import (
-    ErrorCounter,
     check_enough_shards,
-    reader_identity,
-    shard_sample_pipeline,
 )
 from vqvdm_scale.data.urls import read_manifest, resolve_shards
 
@@ -249,55 +246,15 @@ class _LatentDecode:
 class _LatentDataset(IterableDataset):
     """One epoch of latent batches for one rank; the same reader protocol as the clip loader's dataset."""
 
-    def __init__(
-        self,
-        urls: list[str],
-        decode: _LatentDecode,
-        *,
-        rank: int,
-        world_size: int,
-        seed: int,
-        epoch: int,
-        train: bool,
-        resampled: bool,
-        shuffle_buffer: int,
-        batch_size: int,
-        drop_last: bool,
-        reseed: int,
-        cursors: list[int],
-        worker_offset: int,
-    ) -> None:
+    def __init__(self, reader: ReaderSpec, decode: _LatentDecode) -> None:
         super().__init__()
-        self.urls, self.decode = urls, decode
-        self.rank, self.world_size = rank, world_size
-        self.seed, self.epoch, self.reseed = seed, epoch, reseed
-        self.train, self.resampled = train, resampled
-        self.shuffle_buffer = shuffle_buffer
-        self.batch_size, self.drop_last = batch_size, drop_last
-        self.cursors, self.worker_offset = cursors, worker_offset
+        self.reader, self.decode = reader, decode
 
     def __iter__(self) -> Iterator[Batch]:
-        worker, num_workers = reader_identity(self.worker_offset)
-        if num_workers != len(self.cursors):
-            raise RuntimeError(f"loader built for {len(self.cursors)} workers runs with {num_workers}")
-        counter = ErrorCounter(f"latents rank {self.rank} worker {worker}")
-        samples = shard_sample_pipeline(
-            self.urls,
-            rank=self.rank,
-            world_size=self.world_size,
-            worker=worker,
-            num_workers=num_workers,
-            seed=self.seed,
-            epoch=self.epoch,
-            resampled=self.resampled,
-            shuffle_shards=self.train,
-            shuffle_buffer=self.shuffle_buffer if self.train else 0,
-            reseed=self.reseed,
-            skip=self.cursors[worker],
-            handler=counter,
-        )
+        r = self.reader
+        worker, counter, samples = r.open("latents ")
         batch: list[dict[str, Any]] = []
-        cursor = self.cursors[worker]
+        cursor = r.cursors[worker]
         for sample in samples:
             cursor = sample["__index__"] + 1
             try:
@@ -306,11 +263,11 @@ class _LatentDataset(IterableDataset):
                 exn.args = (*exn.args, sample.get("__key__"), sample.get("__url__"))
                 counter(exn)
                 continue
-            if len(batch) == self.batch_size:
+            if len(batch) == r.batch_size:
                 yield collate_batch(batch, dict(worker=worker, cursor=cursor, errors=counter.count, skipped=0))
                 batch = []
         meta = dict(worker=worker, cursor=cursor, errors=counter.count, skipped=0)
-        if batch and not self.drop_last:
+        if batch and not r.drop_last:
             yield collate_batch(batch, meta)
         yield {"_meta": meta}  # the reader's tail item (counts only), as in the clip loader
 
@@ -350,23 +307,7 @@ class LatentLoader(ResumableLoader):
 
     def _dataset(self) -> IterableDataset:
         """The latent dataset for the current state (DataLoader construction is ResumableLoader's)."""
-        st = self._state
-        return _LatentDataset(
-            self.urls,
-            self.decode,
-            rank=self.rank,
-            world_size=self.world_size,
-            seed=st.seed,
-            epoch=st.epoch,
-            train=self.train,
-            resampled=self.cfg.resampled and self.train,
-            shuffle_buffer=self.cfg.shuffle_buffer,
-            batch_size=self.cfg.batch_size,
-            drop_last=self.cfg.drop_last and self.train,
-            reseed=st.reseed,
-            cursors=list(st.worker_cursors),
-            worker_offset=st.next_worker,
-        )
+        return _LatentDataset(self._reader(), self.decode)
 
     def epoch_iter(self) -> Iterator[Batch]:
         """The rest of the current epoch's batches (ResumableLoader's bookkeeping; the tensor key renamed)."""

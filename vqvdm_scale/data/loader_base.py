@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Optional
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from vqvdm_scale.data.pipeline import mix_seed
+from vqvdm_scale.data.pipeline import ErrorCounter, mix_seed, reader_identity, shard_sample_pipeline
 
 if TYPE_CHECKING:  # the shared loader options; clip_loader imports this module at run time
     from vqvdm_scale.data.clip_loader import ClipLoaderConfig
@@ -66,6 +66,48 @@ class LoaderState:
         out = cls(**data)
         out.worker_cursors = [int(c) for c in out.worker_cursors]
         return out
+
+
+@dataclass
+class ReaderSpec:
+    """What every reader (one DataLoader worker of one rank) of an epoch needs to open its sample stream."""
+
+    urls: list[str]
+    rank: int
+    world_size: int
+    seed: int
+    epoch: int
+    train: bool
+    resampled: bool
+    shuffle_buffer: int
+    batch_size: int
+    drop_last: bool
+    reseed: int
+    cursors: list[int]
+    worker_offset: int
+
+    def open(self, label: str) -> tuple[int, ErrorCounter, Iterator[dict[str, Any]]]:
+        """(worker index, its error counter, its raw samples) for the DataLoader worker this runs in."""
+        worker, num_workers = reader_identity(self.worker_offset)
+        if num_workers != len(self.cursors):
+            raise RuntimeError(f"loader built for {len(self.cursors)} workers runs with {num_workers}")
+        counter = ErrorCounter(f"{label}rank {self.rank} worker {worker}")
+        samples = shard_sample_pipeline(
+            self.urls,
+            rank=self.rank,
+            world_size=self.world_size,
+            worker=worker,
+            num_workers=num_workers,
+            seed=self.seed,
+            epoch=self.epoch,
+            resampled=self.resampled,
+            shuffle_shards=self.train,
+            shuffle_buffer=self.shuffle_buffer if self.train else 0,
+            reseed=self.reseed,
+            skip=self.cursors[worker],
+            handler=counter,
+        )
+        return worker, counter, iter(samples)
 
 
 def collate_batch(samples: list[dict[str, Any]], meta: dict[str, int]) -> Batch:
@@ -183,6 +225,16 @@ class ResumableLoader:
         }
 
     # iteration -----------------------------------------------------------------------------------
+
+    def _reader(self) -> ReaderSpec:
+        """The readers' description for the current state (what subclasses' datasets are built on)."""
+        st = self._state
+        return ReaderSpec(
+            urls=self.urls, rank=self.rank, world_size=self.world_size, seed=st.seed, epoch=st.epoch,
+            train=self.train, resampled=self.cfg.resampled and self.train, shuffle_buffer=self.cfg.shuffle_buffer,
+            batch_size=self.cfg.batch_size, drop_last=self.cfg.drop_last and self.train, reseed=st.reseed,
+            cursors=list(st.worker_cursors), worker_offset=st.next_worker,
+        )
 
     def _dataset(self) -> IterableDataset:
         """This rank's dataset for the current state: subclasses build their reader (the sample decode)."""
