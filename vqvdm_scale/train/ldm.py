@@ -44,7 +44,6 @@ from vqvdm_scale.train.loop import Trainer
 
 register_presets(UNetConfig, lambda name: unet_preset(name))  # lets YAML say model: {preset: tiny}
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 T_BUCKETS = 4  # loss is also logged per quarter of the timestep range
 
 
@@ -105,7 +104,6 @@ class LDMTrainer(Trainer):
     def build(self) -> None:
         """U-Net engine, diffusion loss, EMA, and the tokenizer for code lookup and sample decoding."""
         cfg = self.cfg
-        torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
         self.net = UNet3D(cfg.model)
         if cfg.train.channels_last and self.device.type == "cuda":
             self.net = self.net.to(memory_format=torch.channels_last_3d)
@@ -115,7 +113,7 @@ class LDMTrainer(Trainer):
             self.forward = torch.compile(self.forward)
         self.diffusion = GaussianDiffusion(cfg.diffusion)
         self.loss_fn = DiffusionLoss(self.diffusion, cfg.model.num_classes)
-        self.dtype = DTYPES[cfg.train.precision]
+        self.dtype = cfg.train.dtype
         self.ema = EMA(self.net, cfg.train.ema_decay, holder=is_main()) if cfg.train.ema_decay > 0 else None
         self.tokenizer, _, self.fingerprint = load_tokenizer(cfg.tokenizer)
         mean, std = latent_stats(self.manifest)
@@ -123,7 +121,6 @@ class LDMTrainer(Trainer):
         # fps for samples: the clip fps of the data, read off the first batch (8 until then).
         self.spec = LatentSpec(shape=shape, mean=mean, std=std, fps=8.0)  # type: ignore[arg-type]
         self._fps_seen = False
-        torch.manual_seed(cfg.run.seed + 1000 * self.rank + 1)  # back to this rank's own stream
 
     def build_loader(self, state: dict[str, Any] | None) -> Any:
         """The latent loader of this rank (refuses a cache made by another tokenizer)."""

@@ -73,7 +73,10 @@ class Trainer(ABC):
     # ---- what a stage provides -------------------------------------------------------------------
     @abstractmethod
     def build(self) -> None:
-        """Build models and ``self.engines`` (first engine = the one whose client state is saved)."""
+        """Build models and ``self.engines`` (first engine = the one whose client state is saved).
+
+        Runs under the run seed shared by every rank, so all ranks start from the same weights.
+        """
 
     @abstractmethod
     def build_loader(self, state: dict[str, Any] | None) -> Any:
@@ -156,7 +159,9 @@ class Trainer(ABC):
 
     def fit(self) -> Path:
         """Train to ``train.max_steps`` (resuming if a checkpoint exists); return the run dir."""
+        torch.manual_seed(self.run_cfg.seed)  # identical initial weights on every rank
         self.build()
+        torch.manual_seed(self.run_cfg.seed + 1000 * self.rank + 1)  # back to this rank's own stream
         loader_state = self.resume()
         self.loader = self.build_loader(loader_state)
         max_steps = self.train_cfg.max_steps

@@ -35,7 +35,6 @@ from vqvdm_scale.train.loop import Trainer
 
 register_presets(TokenizerConfig, tokenizer_preset)  # lets YAML say model: {preset: tiny}
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -88,7 +87,6 @@ class VQGANTrainer(Trainer):
     def build(self) -> None:
         """Tokenizer + discriminators, their engines, and the (frozen) loss networks."""
         cfg = self.cfg
-        torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
         self.model = VQTokenizer(cfg.model)
         self.disc = Discriminators(cfg.disc)
         self.loss = VQGANLoss(cfg.loss).to(self.device)
@@ -97,14 +95,9 @@ class VQGANTrainer(Trainer):
             "autoencoder": build_engine(self.model, cfg.train, cfg.train.optim, self.world_size),
             "discriminator": build_engine(self.disc, cfg.train, disc_optim, self.world_size),
         }
-        self.dtype = DTYPES[cfg.train.precision]
+        self.dtype = cfg.train.dtype
         self.ema = EMA(self.model, cfg.train.ema_decay, holder=is_main()) if cfg.train.ema_decay > 0 else None
         self.heldout: torch.Tensor | None = None
-        self.seed_everything_per_rank()
-
-    def seed_everything_per_rank(self) -> None:
-        """Back to this rank's own stream after the shared-seed model init."""
-        torch.manual_seed(self.cfg.run.seed + 1000 * self.rank + 1)
 
     def build_loader(self, state: dict[str, Any] | None) -> Any:
         """The clip loader of this rank, resumed from ``state``."""
