@@ -13,9 +13,15 @@ from vqvdm_scale.data.synthetic import write_synthetic_dataset
 
 def cli() -> None:
     """Parse the flags and run make_shards (guarded: worker processes re-import this file)."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--input", required=True, help="dataset folder (or .csv/.jsonl file for --layout manifest)")
-    parser.add_argument("--output", required=True, help="output folder or URL: local path, s3://, gs://, memory://")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--input", required=True, help="dataset folder (or .csv/.jsonl file for --layout manifest)"
+    )
+    parser.add_argument(
+        "--output", required=True, help="output folder or URL: local path, s3://, gs://, memory://"
+    )
     parser.add_argument("--layout", default="folder", choices=["folder", "ucf101", "sky", "manifest"])
     parser.add_argument("--split-file", default=None, help="ucf101: trainlist0N.txt or testlist0N.txt")
     parser.add_argument("--resolution", type=int, default=128, help="short side of the stored frames (even)")
@@ -24,16 +30,27 @@ def cli() -> None:
     parser.add_argument("--storage", default="mp4", choices=["mp4", "npy"])
     parser.add_argument("--min-frames", type=int, default=16, help="skip videos with fewer frames")
     parser.add_argument("--max-frames", type=int, default=None, help="keep at most this many leading frames")
-    parser.add_argument("--synthetic", action="store_true", help="first write the built-in synthetic dataset to --input")
+    parser.add_argument(
+        "--synthetic", action="store_true", help="first write the built-in synthetic dataset to --input"
+    )
     parser.add_argument("--synthetic-classes", type=int, default=4, help="classes of the synthetic dataset")
     args = parser.parse_args()
     if args.synthetic:
         write_synthetic_dataset(args.input, num_classes=args.synthetic_classes)
-    main(ShardsConfig(
-        input=args.input, output=args.output, layout=args.layout, split_file=args.split_file,
-        resolution=args.resolution, shard_size=args.shard_size, workers=args.workers, storage=args.storage,
-        min_frames=args.min_frames, max_frames=args.max_frames,
-    ))
+    main(
+        ShardsConfig(
+            input=args.input,
+            output=args.output,
+            layout=args.layout,
+            split_file=args.split_file,
+            resolution=args.resolution,
+            shard_size=args.shard_size,
+            workers=args.workers,
+            storage=args.storage,
+            min_frames=args.min_frames,
+            max_frames=args.max_frames,
+        )
+    )
 
 
 if __name__ == "__main__":

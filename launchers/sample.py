@@ -29,18 +29,40 @@ def cli() -> None:
     p.add_argument("--guidance", type=float, default=4.0, help="classifier-free guidance weight w")
     p.add_argument("--num-clips", type=int, default=1, help="clips per video (> 1: autoregressive extension)")
     p.add_argument("--overlap", type=int, default=0, help="latent frames shared by consecutive clips")
-    p.add_argument("--no-quantize", action="store_true", help="decode raw latents without snapping to the codebook")
+    p.add_argument(
+        "--no-quantize", action="store_true", help="decode raw latents without snapping to the codebook"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fps", type=float, default=None, help="output fps (default: the training clips' fps)")
     p.add_argument("--device", default="auto")
     p.add_argument("--output", required=True)
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     a = p.parse_args()
-    sample = SampleConfig(sampler=a.sampler, steps=a.steps, eta=a.eta, guidance=a.guidance, num_clips=a.num_clips,
-                          overlap=a.overlap, quantize=not a.no_quantize, seed=a.seed)
-    main(SampleRunConfig(run=a.run, checkpoint=a.checkpoint, tokenizer=a.tokenizer, class_id=a.class_id,
-                         all_classes=a.all_classes, num_videos=a.num_videos, batch_size=a.batch_size,
-                         output=a.output, fps=a.fps, device=a.device, sample=sample))
+    sample = SampleConfig(
+        sampler=a.sampler,
+        steps=a.steps,
+        eta=a.eta,
+        guidance=a.guidance,
+        num_clips=a.num_clips,
+        overlap=a.overlap,
+        quantize=not a.no_quantize,
+        seed=a.seed,
+    )
+    main(
+        SampleRunConfig(
+            run=a.run,
+            checkpoint=a.checkpoint,
+            tokenizer=a.tokenizer,
+            class_id=a.class_id,
+            all_classes=a.all_classes,
+            num_videos=a.num_videos,
+            batch_size=a.batch_size,
+            output=a.output,
+            fps=a.fps,
+            device=a.device,
+            sample=sample,
+        )
+    )
 
 
 if __name__ == "__main__":

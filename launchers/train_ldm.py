@@ -1,7 +1,7 @@
 """Stage 2: train the latent video U-Net from cached latents. Runs under python, torchrun, deepspeed, submitit.
 
-    python launchers/train_ldm.py --config configs/ldm/tiny.yaml data.train_latents=DIR tokenizer=EXPORT run.dir=DIR
-    deepspeed --num_nodes 1 --num_gpus 2 launchers/train_ldm.py --config ...   (multi-node: --num_nodes N --hostfile H)
+python launchers/train_ldm.py --config configs/ldm/tiny.yaml data.train_latents=DIR tokenizer=EXPORT run.dir=DIR
+deepspeed --num_nodes 1 --num_gpus 2 launchers/train_ldm.py --config ...   (multi-node: --num_nodes N --hostfile H)
 """
 
 from vqvdm_scale.config import parse_cli

@@ -1,7 +1,7 @@
 """Stage 1: train the 3D VQGAN. Runs under python, torchrun, deepspeed and submitit alike.
 
-    python launchers/train_vqgan.py --config configs/vqgan/tiny.yaml data.train_shards=DIR run.dir=DIR
-    deepspeed --num_nodes 1 --num_gpus 2 launchers/train_vqgan.py --config ... (same overrides)
+python launchers/train_vqgan.py --config configs/vqgan/tiny.yaml data.train_shards=DIR run.dir=DIR
+deepspeed --num_nodes 1 --num_gpus 2 launchers/train_vqgan.py --config ... (same overrides)
 """
 
 from vqvdm_scale.config import parse_cli

@@ -39,11 +39,30 @@ def tiny_latent_cache(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Pat
     from vqvdm_scale.models.tokenizer import VQTokenizer, export_tokenizer, tokenizer_preset
 
     root = tmp_path_factory.mktemp("tiny_cache")
-    make_synthetic_shards(str(root / "videos"), num_classes=2, videos_per_class=4, num_frames=16, size=24,
-                          resolution=16, shard_size=2)
+    make_synthetic_shards(
+        str(root / "videos"),
+        num_classes=2,
+        videos_per_class=4,
+        num_frames=16,
+        size=24,
+        resolution=16,
+        shard_size=2,
+    )
     torch.manual_seed(0)
     cfg = tokenizer_preset("tiny")
     export_tokenizer(VQTokenizer(cfg).eval(), cfg, root / "tokenizer.safetensors")
-    encode_main(EncodeConfig(tokenizer=str(root / "tokenizer.safetensors"), input=str(root / "videos"),
-                             output=str(root / "latents"), frames=8, resolution=16, progress=False))
-    return {"videos": root / "videos", "tokenizer": root / "tokenizer.safetensors", "latents": root / "latents"}
+    encode_main(
+        EncodeConfig(
+            tokenizer=str(root / "tokenizer.safetensors"),
+            input=str(root / "videos"),
+            output=str(root / "latents"),
+            frames=8,
+            resolution=16,
+            progress=False,
+        )
+    )
+    return {
+        "videos": root / "videos",
+        "tokenizer": root / "tokenizer.safetensors",
+        "latents": root / "latents",
+    }

@@ -41,7 +41,9 @@ def _worker(rank: int, world: int, port: int, fn: Callable[..., Any], args: tupl
             dist.destroy_process_group()
 
 
-def run_on_ranks(fn: Callable[..., Any], world_size: int = 2, timeout: float = 120.0, args: tuple = ()) -> list[Any]:
+def run_on_ranks(
+    fn: Callable[..., Any], world_size: int = 2, timeout: float = 120.0, args: tuple = ()
+) -> list[Any]:
     """Run ``fn(rank, world_size, *args)`` on ``world_size`` spawned gloo ranks; return results by rank.
 
     ``fn`` must be importable (module level). Raises with every rank's traceback on failure, and
@@ -50,7 +52,9 @@ def run_on_ranks(fn: Callable[..., Any], world_size: int = 2, timeout: float = 1
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     port = free_port()
-    procs = [ctx.Process(target=_worker, args=(r, world_size, port, fn, args, queue)) for r in range(world_size)]
+    procs = [
+        ctx.Process(target=_worker, args=(r, world_size, port, fn, args, queue)) for r in range(world_size)
+    ]
     for p in procs:
         p.start()
     results: dict[int, Any] = {}

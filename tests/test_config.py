@@ -36,7 +36,9 @@ def test_yaml_overrides_and_round_trip(tmp_path: Path) -> None:
     base.write_text("run:\n  dir: /tmp/x\n  log_every: 3\nmodel:\n  width: 16\n")
     child = tmp_path / "child.yaml"
     child.write_text("_base_: base.yaml\ntrain:\n  zero_stage: 3\n  optim:\n    lr: 0.001\n")
-    cfg = load_config(Root, child, ["model.mult=[1,2,4]", "train.optim.betas=[0.5,0.9]", "tokenizer=/a/b.safetensors"])
+    cfg = load_config(
+        Root, child, ["model.mult=[1,2,4]", "train.optim.betas=[0.5,0.9]", "tokenizer=/a/b.safetensors"]
+    )
     assert cfg.run.dir == "/tmp/x" and cfg.run.log_every == 3
     assert cfg.model.width == 16 and cfg.model.mult == (1, 2, 4)
     assert cfg.train.zero_stage == 3 and cfg.train.optim.lr == 1e-3 and cfg.train.optim.betas == (0.5, 0.9)
@@ -54,7 +56,9 @@ def test_unknown_key_names_the_key_and_allowed_keys() -> None:
 
 
 def test_bad_values_name_key_and_allowed_values() -> None:
-    with pytest.raises(ConfigError, match=r"model\.kind: 'x' is not allowed; choose one of '3d', 'factorized'"):
+    with pytest.raises(
+        ConfigError, match=r"model\.kind: 'x' is not allowed; choose one of '3d', 'factorized'"
+    ):
         load_config(Root, None, ["model.kind=x"])
     with pytest.raises(ConfigError, match=r"train\.max_steps: expected an integer"):
         load_config(Root, None, ["train.max_steps=many"])

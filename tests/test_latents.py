@@ -42,15 +42,22 @@ def _export(path: Path, seed: int) -> str:
 
 def _cfg(data: dict[str, str], output: str | Path, **kw: Any) -> EncodeConfig:
     base: dict[str, Any] = dict(
-        tokenizer=data["tok"], input=data["videos"], output=str(output), frames=FRAMES, resolution=RES,
-        batch_size=3, progress=False,
+        tokenizer=data["tok"],
+        input=data["videos"],
+        output=str(output),
+        frames=FRAMES,
+        resolution=RES,
+        batch_size=3,
+        progress=False,
     )
     base.update(kw)
     return EncodeConfig(**base)
 
 
 def _tar_shas(root: str | Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(Path(root).glob("latents-*.tar"))}
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(Path(root).glob("latents-*.tar"))
+    }
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +68,13 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     fp = _export(tok, 0)
     videos = root / "videos"
     make_synthetic_shards(
-        str(videos), num_classes=2, videos_per_class=4, num_frames=NUM_FRAMES, size=48, resolution=RES, shard_size=2
+        str(videos),
+        num_classes=2,
+        videos_per_class=4,
+        num_frames=NUM_FRAMES,
+        size=48,
+        resolution=RES,
+        shard_size=2,
     )
     out = {"tok": str(tok), "fp": fp, "videos": str(videos), "clean": str(root / "clean"), "root": str(root)}
     main(_cfg(out, out["clean"]))
@@ -69,7 +82,9 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 def _loader_cfg(latents: str, **kw: Any) -> LatentLoaderConfig:
-    base: dict[str, Any] = dict(train_latents=latents, batch_size=4, num_workers=0, shuffle_buffer=8, drop_last=False)
+    base: dict[str, Any] = dict(
+        train_latents=latents, batch_size=4, num_workers=0, shuffle_buffer=8, drop_last=False
+    )
     base.update(kw)
     return LatentLoaderConfig(**base)
 
@@ -137,7 +152,10 @@ def test_stored_latents_and_n_windows(data: dict[str, str], tmp_path: Path) -> N
     manifest = main(_cfg(data, out, store="latents", windows="1", stride=2))
     assert manifest["dtype"] == "float16" and manifest["sample_shape"] == [8, 4, 8, 8]
     assert manifest["num_samples"] == VIDEOS and manifest["clip"] == {
-        "frames": FRAMES, "stride": 2, "resolution": RES, "windows": "1"
+        "frames": FRAMES,
+        "stride": 2,
+        "resolution": RES,
+        "windows": "1",
     }
     sample = next(iter(shard_sample_pipeline([str(out / "latents-000000.tar")], rank=0, world_size=1)))
     meta = json.loads(sample["json"])
@@ -195,8 +213,9 @@ def test_interrupted_run_resumes_to_identical_bytes(data: dict[str, str], tmp_pa
     main(_cfg(data, clean, batch_size=2))
     cfg = _cfg(data, crashed, batch_size=2)
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.run([sys.executable, "-c", _CRASH, json.dumps(vars(cfg))], env=env, capture_output=True,
-                          timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", _CRASH, json.dumps(vars(cfg))], env=env, capture_output=True, timeout=120
+    )
     assert proc.returncode == 17, proc.stderr.decode()[-2000:]
     assert (crashed / "latents-000000.tar").exists() and not (crashed / "latents-000001.tar").exists()
     assert (crashed / ".latents-000001.tar.tmp").exists() and not (crashed / "manifest.json").exists()
@@ -222,8 +241,9 @@ def test_fingerprint_mismatch_is_refused(data: dict[str, str], tmp_path: Path) -
             _loader_cfg(data["clean"]), tokenizer_fingerprint=other_fp, codebook=other.quantizer.codes()
         )
     with pytest.raises(ValueError, match="codebook passed differs"):
-        build_latent_loader(_loader_cfg(data["clean"]), tokenizer_fingerprint=data["fp"],
-                            codebook=other.quantizer.codes())
+        build_latent_loader(
+            _loader_cfg(data["clean"]), tokenizer_fingerprint=data["fp"], codebook=other.quantizer.codes()
+        )
     with pytest.raises(ValueError, match="codebook=tokenizer.quantizer.codes"):
         build_latent_loader(_loader_cfg(data["clean"]), tokenizer_fingerprint=data["fp"], codebook=None)
 
@@ -237,8 +257,12 @@ def test_corrupt_member_and_short_video_are_counted(data: dict[str, str], tmp_pa
     bad.mkdir()
     with wds.TarWriter(str(bad / "shard-000009.tar")) as tw:
         tw.write({"__key__": good[0]["__key__"], "mp4": good[0]["mp4"], "json": good[0]["json"]})
-        tw.write({"__key__": "garbage", "mp4": b"\x00\x00\x00 definitely not an mp4" * 50, "json": good[0]["json"]})
-        tw.write({"__key__": "short", "npy": buf.getvalue(), "json": json.dumps(dict(meta, num_frames=8)).encode()})
+        tw.write(
+            {"__key__": "garbage", "mp4": b"\x00\x00\x00 definitely not an mp4" * 50, "json": good[0]["json"]}
+        )
+        tw.write(
+            {"__key__": "short", "npy": buf.getvalue(), "json": json.dumps(dict(meta, num_frames=8)).encode()}
+        )
     spec = f"{data['videos']}/shard-000000.tar,{bad}/shard-000009.tar"
     manifest = main(_cfg(data, tmp_path / "out", input=spec, workers=2))  # decode errors raised in a worker
     assert manifest["num_samples"] == 2 * 2 + 2 and manifest["counts"]["videos"] == 3
@@ -251,7 +275,9 @@ def test_corrupt_member_and_short_video_are_counted(data: dict[str, str], tmp_pa
 def test_loader_batches_normalisation_and_workers(data: dict[str, str]) -> None:
     model, _, fp = load_tokenizer(data["tok"])
     loader = build_latent_loader(
-        _loader_cfg(data["clean"], num_workers=2, seed=3), tokenizer_fingerprint=fp, codebook=model.quantizer.codes()
+        _loader_cfg(data["clean"], num_workers=2, seed=3),
+        tokenizer_fingerprint=fp,
+        codebook=model.quantizer.codes(),
     )
     batches = list(loader.epoch_iter())
     keys = [k for b in batches for k in b["key"]]
@@ -273,8 +299,8 @@ def test_stage2_path_never_decodes_video(data: dict[str, str], monkeypatch: pyte
         import sys
         from vqvdm_scale.data import LatentLoaderConfig, build_latent_loader
         from vqvdm_scale.models.tokenizer import load_tokenizer
-        model, _, fp = load_tokenizer({data['tok']!r})
-        cfg = LatentLoaderConfig(train_latents={data['clean']!r}, batch_size=4, num_workers=1, drop_last=False)
+        model, _, fp = load_tokenizer({data["tok"]!r})
+        cfg = LatentLoaderConfig(train_latents={data["clean"]!r}, batch_size=4, num_workers=1, drop_last=False)
         loader = build_latent_loader(cfg, tokenizer_fingerprint=fp, codebook=model.quantizer.codes())
         n = sum(len(b["key"]) for b in loader.epoch_iter())
         assert n == {2 * VIDEOS}, n
@@ -297,6 +323,8 @@ def test_stage2_path_never_decodes_video(data: dict[str, str], monkeypatch: pyte
     monkeypatch.setattr(clip_loader, "decode_frames", boom)
     monkeypatch.setattr(clip_loader, "make_clip", boom)
     model, _, fp = load_tokenizer(data["tok"])
-    loader = build_latent_loader(_loader_cfg(data["clean"]), tokenizer_fingerprint=fp, codebook=model.quantizer.codes())
+    loader = build_latent_loader(
+        _loader_cfg(data["clean"]), tokenizer_fingerprint=fp, codebook=model.quantizer.codes()
+    )
     batches = list(loader.epoch_iter())
     assert sum(len(b["key"]) for b in batches) == 2 * VIDEOS and loader.stats["errors"] == 0

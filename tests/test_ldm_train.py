@@ -24,10 +24,19 @@ TINY = REPO / "configs" / "ldm" / "tiny.yaml"
 
 def _overrides(cache: dict[str, Path], run_dir: Path, *extra: str) -> list[str]:
     return [
-        f"data.train_latents={cache['latents']}", f"tokenizer={cache['tokenizer']}", f"run.dir={run_dir}",
-        "data.num_workers=1", "data.shuffle_buffer=0", "train.micro_batch_size=2", "run.log_every=1",
-        "run.progress=false", "sample.steps=2", "media_videos=2", "model.model_channels=16",
-        "model.head_dim=16", *extra,
+        f"data.train_latents={cache['latents']}",
+        f"tokenizer={cache['tokenizer']}",
+        f"run.dir={run_dir}",
+        "data.num_workers=1",
+        "data.shuffle_buffer=0",
+        "train.micro_batch_size=2",
+        "run.log_every=1",
+        "run.progress=false",
+        "sample.steps=2",
+        "media_videos=2",
+        "model.model_channels=16",
+        "model.head_dim=16",
+        *extra,
     ]
 
 
@@ -49,12 +58,26 @@ def _train(rank: int, world: int, overrides: list[str]) -> list[float]:
 
 
 @pytest.mark.parametrize("zero_stage", [2, 3])
-def test_two_rank_zero_runs_write_checkpoints_events_and_ema(tiny_latent_cache: dict[str, Path], tmp_path: Path, zero_stage: int) -> None:
+def test_two_rank_zero_runs_write_checkpoints_events_and_ema(
+    tiny_latent_cache: dict[str, Path], tmp_path: Path, zero_stage: int
+) -> None:
     run = tmp_path / f"zero{zero_stage}"
-    run_on_ranks(_train, 2, timeout=300, args=(_overrides(
-        tiny_latent_cache, run, "train.max_steps=3", "run.ckpt_every=2", "run.media_every=3",
-        f"train.zero_stage={zero_stage}", "train.ema_decay=0.5",
-    ),))
+    run_on_ranks(
+        _train,
+        2,
+        timeout=300,
+        args=(
+            _overrides(
+                tiny_latent_cache,
+                run,
+                "train.max_steps=3",
+                "run.ckpt_every=2",
+                "run.media_every=3",
+                f"train.zero_stage={zero_stage}",
+                "train.ema_decay=0.5",
+            ),
+        ),
+    )
     ckpt = latest_checkpoint(run / "checkpoints")
     assert ckpt == run / "checkpoints" / "step_00000003"
     sm = load_ema(ckpt / EMA_FILE)
@@ -66,8 +89,15 @@ def test_two_rank_zero_runs_write_checkpoints_events_and_ema(tiny_latent_cache: 
     acc = EventAccumulator(str(run / "tb"), size_guidance={"images": 0, "scalars": 0})
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
-    for tag in ("train/loss", "perf/samples_per_s", "perf/mfu", "perf/data_wait_pct", "perf/peak_mem_gib",
-                "lr/unet", "grad_norm/unet"):
+    for tag in (
+        "train/loss",
+        "perf/samples_per_s",
+        "perf/mfu",
+        "perf/data_wait_pct",
+        "perf/peak_mem_gib",
+        "lr/unet",
+        "grad_norm/unet",
+    ):
         assert tag in tags, tag
     assert any(t.startswith("train/loss_t") for t in tags)
     assert "samples/class_conditional" in acc.Tags()["images"]
@@ -75,9 +105,18 @@ def test_two_rank_zero_runs_write_checkpoints_events_and_ema(tiny_latent_cache: 
 
 def test_resume_gives_the_same_losses(tiny_latent_cache: dict[str, Path], tmp_path: Path) -> None:
     common = ("train.max_steps=4", "run.ckpt_every=10", "train.zero_stage=2", "run.media_every=0")
-    full = run_on_ranks(_train, 1, timeout=300, args=(_overrides(tiny_latent_cache, tmp_path / "a", *common),))[0]
-    first = run_on_ranks(_train, 1, timeout=300, args=(_overrides(tiny_latent_cache, tmp_path / "b", *common, "run.stop_after=2"),))[0]
-    rest = run_on_ranks(_train, 1, timeout=300, args=(_overrides(tiny_latent_cache, tmp_path / "b", *common),))[0]
+    full = run_on_ranks(
+        _train, 1, timeout=300, args=(_overrides(tiny_latent_cache, tmp_path / "a", *common),)
+    )[0]
+    first = run_on_ranks(
+        _train,
+        1,
+        timeout=300,
+        args=(_overrides(tiny_latent_cache, tmp_path / "b", *common, "run.stop_after=2"),),
+    )[0]
+    rest = run_on_ranks(
+        _train, 1, timeout=300, args=(_overrides(tiny_latent_cache, tmp_path / "b", *common),)
+    )[0]
     assert len(first) == 2 and len(rest) == 2
     assert first + rest == full
 
@@ -90,9 +129,15 @@ def test_cache_from_another_tokenizer_is_refused(tiny_latent_cache: dict[str, Pa
     other = tmp_path / "other.safetensors"
     export_tokenizer(VQTokenizer(cfg), cfg, other)
     with pytest.raises(ValueError, match="fingerprint"):
-        resolve_from_cache(load_config(LDMRunConfig, TINY, _overrides(tiny_latent_cache, tmp_path, f"tokenizer={other}")))
+        resolve_from_cache(
+            load_config(LDMRunConfig, TINY, _overrides(tiny_latent_cache, tmp_path, f"tokenizer={other}"))
+        )
     with pytest.raises(ConfigError, match="tokenizer is not set"):
-        resolve_from_cache(load_config(LDMRunConfig, TINY, [f"data.train_latents={tiny_latent_cache['latents']}", "tokenizer="]))
+        resolve_from_cache(
+            load_config(
+                LDMRunConfig, TINY, [f"data.train_latents={tiny_latent_cache['latents']}", "tokenizer="]
+            )
+        )
 
 
 def test_ema_matches_a_hand_computed_update() -> None:

@@ -71,8 +71,14 @@ def test_config_checks() -> None:
 
 
 def test_shared_good_videos_all_shard(shared_data: Path, tmp_path: Path) -> None:
-    cfg = ShardsConfig(input=str(shared_data / "videos"), output=str(tmp_path / "out"), resolution=32,
-                       max_frames=16, shard_size=3, progress=False)
+    cfg = ShardsConfig(
+        input=str(shared_data / "videos"),
+        output=str(tmp_path / "out"),
+        resolution=32,
+        max_frames=16,
+        shard_size=3,
+        progress=False,
+    )
     manifest = main(cfg)
     assert manifest["format"] == "vqvdm-video-shards/1"
     assert manifest["num_samples"] == 8 and manifest["skipped"] == [] and manifest["skip_counts"] == {}
@@ -83,7 +89,9 @@ def test_shared_good_videos_all_shard(shared_data: Path, tmp_path: Path) -> None
     assert len(by_source) == 8
     hd = by_source["fullhd_1920x1080_30fps.avi"]
     assert hd["json"]["orig_size"] == [1080, 1920] and hd["json"]["size"] == [32, 56]
-    assert hd["__key__"] == sample_key(1, "fullhd_1920x1080_30fps.avi") == "00000001_fullhd_1920x1080_30fps_avi"
+    assert (
+        hd["__key__"] == sample_key(1, "fullhd_1920x1080_30fps.avi") == "00000001_fullhd_1920x1080_30fps_avi"
+    )
     assert abs(by_source["street_426x240_29.97fps.mp4"]["json"]["fps"] - 30000 / 1001) < 1e-6
     for s in samples:
         meta = s["json"]
@@ -96,22 +104,36 @@ def test_shared_good_videos_all_shard(shared_data: Path, tmp_path: Path) -> None
 
 
 def test_shared_bad_videos(shared_data: Path, tmp_path: Path) -> None:
-    cfg = ShardsConfig(input=str(shared_data / "bad_videos"), output=str(tmp_path / "out"), resolution=32,
-                       progress=False)
+    cfg = ShardsConfig(
+        input=str(shared_data / "bad_videos"), output=str(tmp_path / "out"), resolution=32, progress=False
+    )
     manifest = main(cfg)
     reasons = {s["source"]: s["reason"] for s in manifest["skipped"]}
-    assert reasons == {"corrupted_h264.mp4": "decode_error", "rotated90_3frames.mov": "too_short",
-                       "tiny_4frames_50x50.mov": "too_short"}
+    assert reasons == {
+        "corrupted_h264.mp4": "decode_error",
+        "rotated90_3frames.mov": "too_short",
+        "tiny_4frames_50x50.mov": "too_short",
+    }
     assert manifest["skip_counts"] == {"decode_error": 1, "too_short": 2}
     assert manifest["num_samples"] == 0 and manifest["shards"] == []
     assert (tmp_path / "out" / "shard-000000.tar").exists()  # planned shards are written even when empty
 
     # keep_partial keeps the frames decoded before the error, and says so; min_frames=1 keeps the short ones.
-    manifest = main(ShardsConfig(input=str(shared_data / "bad_videos"), output=str(tmp_path / "partial"),
-                                 resolution=32, min_frames=1, keep_partial=True, progress=False))
+    manifest = main(
+        ShardsConfig(
+            input=str(shared_data / "bad_videos"),
+            output=str(tmp_path / "partial"),
+            resolution=32,
+            min_frames=1,
+            keep_partial=True,
+            progress=False,
+        )
+    )
     assert manifest["num_samples"] == 3 and manifest["skipped"] == []
     assert [p["source"] for p in manifest["partial"]] == ["corrupted_h264.mp4"]
-    sizes = {s["json"]["source"]: s["json"]["size"] for s in read_shard(tmp_path / "partial" / "shard-000000.tar")}
+    sizes = {
+        s["json"]["source"]: s["json"]["size"] for s in read_shard(tmp_path / "partial" / "shard-000000.tar")
+    }
     assert sizes["rotated90_3frames.mov"] == [56, 32]  # upright portrait
 
 
@@ -139,15 +161,25 @@ def test_generated_bad_inputs(tmp_path: Path) -> None:
 
     gray = np.tile(np.linspace(0, 255, 40), (30, 1))[None].repeat(18, 0).astype(np.uint8)
     write(src / "gray.mkv", gray, "ffv1", "gray", "gray")
-    write(src / "odd.avi", np.random.default_rng(0).integers(0, 255, (18, 47, 33, 3), dtype=np.uint8),
-          "mpeg4", "yuv420p", "rgb24")
+    write(
+        src / "odd.avi",
+        np.random.default_rng(0).integers(0, 255, (18, 47, 33, 3), dtype=np.uint8),
+        "mpeg4",
+        "yuv420p",
+        "rgb24",
+    )
     manifest = main(ShardsConfig(input=str(src), output=str(tmp_path / "out"), resolution=32, progress=False))
     assert {s["source"]: s["reason"] for s in manifest["skipped"]} == {
-        "zero.mp4": "zero_byte", "text.mp4": "not_a_video", "truncated.mp4": "not_a_video",  # moov atom lost
+        "zero.mp4": "zero_byte",
+        "text.mp4": "not_a_video",
+        "truncated.mp4": "not_a_video",  # moov atom lost
     }
     samples = {s["json"]["source"]: s for s in read_shard(tmp_path / "out" / "shard-000000.tar")}
     assert sorted(samples) == ["good.mp4", "gray.mkv", "odd.avi"]
-    assert samples["odd.avi"]["json"]["orig_size"] == [47, 33] and samples["odd.avi"]["json"]["size"] == [46, 32]
+    assert samples["odd.avi"]["json"]["orig_size"] == [47, 33] and samples["odd.avi"]["json"]["size"] == [
+        46,
+        32,
+    ]
     assert samples["gray.mkv"]["json"]["size"] == [32, 42]
     frames, _ = decode_mp4_bytes(samples["gray.mkv"]["mp4"])
     assert np.abs(frames[..., 0].astype(int) - frames[..., 1]).max() <= 3  # grey stays grey through RGB
@@ -155,12 +187,21 @@ def test_generated_bad_inputs(tmp_path: Path) -> None:
 
 def test_npy_storage_and_keys(tmp_path: Path) -> None:
     write_synthetic_dataset(tmp_path / "in", num_classes=2, videos_per_class=2, num_frames=16, size=32)
-    manifest = main(ShardsConfig(input=str(tmp_path / "in"), output=str(tmp_path / "out"), resolution=32,
-                                 storage="npy", progress=False))
+    manifest = main(
+        ShardsConfig(
+            input=str(tmp_path / "in"),
+            output=str(tmp_path / "out"),
+            resolution=32,
+            storage="npy",
+            progress=False,
+        )
+    )
     samples = read_shard(tmp_path / "out" / "shard-000000.tar")
     assert [s["__key__"] for s in samples] == [
-        "00000000_000_square_right_video_0000_mp4", "00000001_000_square_right_video_0001_mp4",
-        "00000002_001_circle_down_video_0000_mp4", "00000003_001_circle_down_video_0001_mp4",
+        "00000000_000_square_right_video_0000_mp4",
+        "00000001_000_square_right_video_0001_mp4",
+        "00000002_001_circle_down_video_0000_mp4",
+        "00000003_001_circle_down_video_0001_mp4",
     ]
     frames = np.load(io.BytesIO(samples[2]["npy"]), allow_pickle=False)
     assert frames.dtype == np.uint8 and frames.shape == (16, 32, 32, 3)
@@ -169,8 +210,9 @@ def test_npy_storage_and_keys(tmp_path: Path) -> None:
 
 def test_memory_filesystem(tmp_path: Path) -> None:
     url = "memory://vqvdm-test-shards/synthetic"
-    manifest = make_synthetic_shards(url, num_classes=2, videos_per_class=3, num_frames=16, size=32,
-                                     resolution=32, shard_size=4, workers=2)  # memory:// falls back to inline
+    manifest = make_synthetic_shards(
+        url, num_classes=2, videos_per_class=3, num_frames=16, size=32, resolution=32, shard_size=4, workers=2
+    )  # memory:// falls back to inline
     fs = fsspec.filesystem("memory")
     with fsspec.open(f"{url}/manifest.json", "rb") as f:
         assert json.loads(f.read()) == manifest
@@ -194,8 +236,18 @@ def test_kill_and_resume_is_byte_identical(tmp_path: Path) -> None:
     ref_hashes = shard_hashes(tmp_path / "ref")
 
     out = tmp_path / "killed"
-    cmd = [sys.executable, str(REPO / "data_prep" / "make_shards.py"), "--input", str(src), "--output", str(out),
-           "--resolution", "64", "--shard-size", "2"]
+    cmd = [
+        sys.executable,
+        str(REPO / "data_prep" / "make_shards.py"),
+        "--input",
+        str(src),
+        "--output",
+        str(out),
+        "--resolution",
+        "64",
+        "--shard-size",
+        "2",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while not (out / "shard-000000.tar").exists() and proc.poll() is None and time.time() < deadline:
@@ -242,27 +294,45 @@ def test_ucf101_layout(tmp_path: Path) -> None:
         "ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi 1\r\nHandstandPushups/v_HandstandPushups_g08_c01.avi 3\n"
         "Basketball/v_Basketball_g08_c01.avi 2\nBasketball/v_Basketball_g09_c01.avi 2\n"
     )
-    (lists / "testlist01.txt").write_text("Basketball/v_Basketball_g01_c01.avi\nApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi\n")
+    (lists / "testlist01.txt").write_text(
+        "Basketball/v_Basketball_g01_c01.avi\nApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi\n"
+    )
     train = list_items("ucf101", root, lists / "trainlist01.txt")
     assert train.classes == ["ApplyEyeMakeup", "Basketball", "HandstandPushups"]
     assert [(Path(i.source).name, i.label) for i in train.items] == [
-        ("v_ApplyEyeMakeup_g08_c01.avi", 0), ("v_Basketball_g08_c01.avi", 1), ("v_Basketball_g09_c01.avi", 1),
+        ("v_ApplyEyeMakeup_g08_c01.avi", 0),
+        ("v_Basketball_g08_c01.avi", 1),
+        ("v_Basketball_g09_c01.avi", 1),
         ("v_HandstandPushups_g08_c01.avi", 2),
     ]
     test = list_items("ucf101", root, lists / "testlist01.txt")
     assert [(i.rel, i.label) for i in test.items] == [
-        ("ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi", 0), ("Basketball/v_Basketball_g01_c01.avi", 1)]
+        ("ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi", 0),
+        ("Basketball/v_Basketball_g01_c01.avi", 1),
+    ]
     assert len(list_items("ucf101", root, None).items) == 6  # no split: every video in a class folder
     (lists / "bad.txt").write_text("Basketball/v_Basketball_g01_c01.avi 3\n")
     with pytest.raises(ValueError, match="disagrees with classInd"):
         list_items("ucf101", root, lists / "bad.txt")
 
-    manifest = main(ShardsConfig(input=str(root), output=str(tmp_path / "out"), layout="ucf101",
-                                 split_file=str(lists / "trainlist01.txt"), resolution=32, min_frames=4,
-                                 progress=False))
+    manifest = main(
+        ShardsConfig(
+            input=str(root),
+            output=str(tmp_path / "out"),
+            layout="ucf101",
+            split_file=str(lists / "trainlist01.txt"),
+            resolution=32,
+            min_frames=4,
+            progress=False,
+        )
+    )
     assert manifest["num_samples"] == 3 and manifest["skipped"] == [
-        {"source": "Basketball/v_Basketball_g09_c01.avi", "reason": "missing",
-         "detail": manifest["skipped"][0]["detail"]}]
+        {
+            "source": "Basketball/v_Basketball_g09_c01.avi",
+            "reason": "missing",
+            "detail": manifest["skipped"][0]["detail"],
+        }
+    ]
     assert manifest["classes"] == train.classes
 
 
@@ -271,11 +341,16 @@ def test_manifest_layouts(tmp_path: Path) -> None:
     tiny_mp4(data / "a.mp4")
     tiny_mp4(data / "sub" / "b.mp4")
     tiny_mp4(tmp_path / "elsewhere" / "c.mp4")
-    (tmp_path / "list.csv").write_text("path,label\ndata/a.mp4,dog\ndata/sub/b.mp4,cat\nelsewhere/c.mp4,dog\n")
+    (tmp_path / "list.csv").write_text(
+        "path,label\ndata/a.mp4,dog\ndata/sub/b.mp4,cat\nelsewhere/c.mp4,dog\n"
+    )
     listing = list_items("manifest", tmp_path / "list.csv")
     assert listing.classes == ["cat", "dog"]
     assert [(i.rel, i.label, i.class_name) for i in listing.items] == [
-        ("data/a.mp4", 1, "dog"), ("data/sub/b.mp4", 0, "cat"), ("elsewhere/c.mp4", 1, "dog")]
+        ("data/a.mp4", 1, "dog"),
+        ("data/sub/b.mp4", 0, "cat"),
+        ("elsewhere/c.mp4", 1, "dog"),
+    ]
     assert Path(listing.items[0].source) == (data / "a.mp4").resolve()
 
     (data / "list.jsonl").write_text(
@@ -283,11 +358,20 @@ def test_manifest_layouts(tmp_path: Path) -> None:
     )
     listing = list_items("manifest", data / "list.jsonl")
     assert listing.classes == ["0", "1", "two"] and [i.label for i in listing.items] == [2, 0]
-    (data / "mixed.jsonl").write_text('{"path": "a.mp4", "label": 1}\n{"path": "sub/b.mp4", "label": "cat"}\n')
+    (data / "mixed.jsonl").write_text(
+        '{"path": "a.mp4", "label": 1}\n{"path": "sub/b.mp4", "label": "cat"}\n'
+    )
     with pytest.raises(ValueError, match="mix"):
         list_items("manifest", data / "mixed.jsonl")
-    manifest = main(ShardsConfig(input=str(tmp_path / "list.csv"), output=str(tmp_path / "out"),
-                                 layout="manifest", resolution=32, progress=False))
+    manifest = main(
+        ShardsConfig(
+            input=str(tmp_path / "list.csv"),
+            output=str(tmp_path / "out"),
+            layout="manifest",
+            resolution=32,
+            progress=False,
+        )
+    )
     assert manifest["num_samples"] == 3 and manifest["classes"] == ["cat", "dog"]
 
 
@@ -301,13 +385,22 @@ def test_sky_frame_folders(tmp_path: Path) -> None:
     listing = list_items("sky", root)
     assert [i.rel for i in listing.items] == ["v1/v1_1", "v1/v1_2", "v2/v2_1"] and listing.classes == ["sky"]
     assert {i.kind for i in listing.items} == {"frames_dir"}
-    manifest = main(ShardsConfig(input=str(root), output=str(tmp_path / "out"), layout="sky", resolution=32,
-                                 progress=False))
+    manifest = main(
+        ShardsConfig(
+            input=str(root), output=str(tmp_path / "out"), layout="sky", resolution=32, progress=False
+        )
+    )
     samples = read_shard(tmp_path / "out" / "shard-000000.tar")
     assert manifest["num_samples"] == 3
     assert samples[1]["json"] | {"orig_size": None} == {
-        "label": 0, "class_name": "sky", "fps": 25.0, "num_frames": 18, "source": "v1/v1_2", "size": [32, 42],
-        "orig_size": None}
+        "label": 0,
+        "class_name": "sky",
+        "fps": 25.0,
+        "num_frames": 18,
+        "source": "v1/v1_2",
+        "size": [32, 42],
+        "orig_size": None,
+    }
     frames, _ = decode_mp4_bytes(samples[1]["mp4"])
     assert abs(frames[10].mean() - 100) < 4  # frames kept in natural order (1, 2, ..., 10, ...)
 
@@ -322,12 +415,14 @@ def test_synthetic_classes_and_determinism(tmp_path: Path) -> None:
         bright = video.reshape(-1, 3)[video.reshape(-1, 3).max(1) > 100]  # the shape, not the dim background
         mean = bright.mean(0)
         assert int(np.argmin(((colours - mean) ** 2).sum(1))) == k  # its colour names its class
+
     # Class 0 moves right (unwrapped x-centroid increases); class 1 moves down.
     def centroid(frame: np.ndarray, axis: int) -> float:
         mask = frame.max(-1) > 100
         pos = np.nonzero(mask)[axis]
         angles = pos / frame.shape[axis] * 2 * np.pi  # circular mean: the shape wraps around the edges
         return float(np.angle(np.exp(1j * angles).mean()))
+
     step_x = np.angle(np.exp(1j * (centroid(videos[0][3], 1) - centroid(videos[0][0], 1))))
     step_y = np.angle(np.exp(1j * (centroid(videos[1][3], 0) - centroid(videos[1][0], 0))))
     assert step_x > 0.05 and step_y > 0.05

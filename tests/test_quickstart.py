@@ -19,10 +19,22 @@ from vqvdm_scale.sample_run import SampleRunConfig
 
 
 def _quickstart(rank: int, world: int, out: str) -> dict:
-    cfg = load_config(QuickstartConfig, None, [
-        f"out={out}", "vqgan_steps=3", "ldm_steps=3", "sample_steps=2", "videos_per_class=4", "classes=2",
-        "videos_per_class_sampled=1", "long_clips=3", "long_overlap=1", "progress=false",
-    ])
+    cfg = load_config(
+        QuickstartConfig,
+        None,
+        [
+            f"out={out}",
+            "vqgan_steps=3",
+            "ldm_steps=3",
+            "sample_steps=2",
+            "videos_per_class=4",
+            "classes=2",
+            "videos_per_class_sampled=1",
+            "long_clips=3",
+            "long_overlap=1",
+            "progress=false",
+        ],
+    )
     return main(cfg)
 
 
@@ -35,7 +47,12 @@ def _frames(path: Path) -> tuple[int, int, int]:
 def test_quickstart_runs_every_stage_and_writes_playable_videos(tmp_path: Path) -> None:
     out = tmp_path / "qs"
     summary = run_on_ranks(_quickstart, 1, timeout=600, args=(str(out),))[0]
-    for part in ("shards/manifest.json", "vqgan/tokenizer.safetensors", "latents/manifest.json", "summary.json"):
+    for part in (
+        "shards/manifest.json",
+        "vqgan/tokenizer.safetensors",
+        "latents/manifest.json",
+        "summary.json",
+    ):
         assert (out / part).exists(), part
     assert list((out / "vqgan" / "tb").glob("events.*")) and list((out / "ldm" / "tb").glob("events.*"))
     # Inputs are recognised by the colour test: it is a meaningful yardstick for the trained models.
@@ -50,7 +67,10 @@ def test_quickstart_runs_every_stage_and_writes_playable_videos(tmp_path: Path) 
     assert summary["long_video_frames"] == 40
     assert list((out / "samples" / "class_conditional").glob("*.gif"))
     assert list((out / "samples" / "class_conditional").glob("*.png"))
-    assert json.loads((out / "samples" / "long" / "sampling.json").read_text())["config"]["sample"]["num_clips"] == 3
+    assert (
+        json.loads((out / "samples" / "long" / "sampling.json").read_text())["config"]["sample"]["num_clips"]
+        == 3
+    )
 
 
 def test_sample_config_errors_say_what_to_do() -> None:

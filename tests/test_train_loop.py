@@ -75,16 +75,29 @@ class ToyTrainer(Trainer):
 
 
 def _run(rank: int, world: int, run_dir: str, overrides: list[str]) -> list[float]:
-    cfg = load_config(ToyConfig, None, [f"run.dir={run_dir}", "run.log_every=1", "run.progress=false", *overrides])
+    cfg = load_config(
+        ToyConfig, None, [f"run.dir={run_dir}", "run.log_every=1", "run.progress=false", *overrides]
+    )
     t = ToyTrainer(cfg)
     t.fit()
     return t.losses
 
 
 def test_two_rank_zero2_checkpoint_resume_equivalence(tmp_path: Path) -> None:
-    common = ["train.zero_stage=2", "run.ckpt_every=3", "run.keep_last=2", "train.optim.lr=0.01", "train.optim.warmup_steps=2"]
+    common = [
+        "train.zero_stage=2",
+        "run.ckpt_every=3",
+        "run.keep_last=2",
+        "train.optim.lr=0.01",
+        "train.optim.warmup_steps=2",
+    ]
     full = run_on_ranks(_run, 2, timeout=240, args=(str(tmp_path / "full"), [*common, "train.max_steps=8"]))
-    part = run_on_ranks(_run, 2, timeout=240, args=(str(tmp_path / "part"), [*common, "train.max_steps=8", "run.stop_after=3"]))
+    part = run_on_ranks(
+        _run,
+        2,
+        timeout=240,
+        args=(str(tmp_path / "part"), [*common, "train.max_steps=8", "run.stop_after=3"]),
+    )
     rest = run_on_ranks(_run, 2, timeout=240, args=(str(tmp_path / "part"), [*common, "train.max_steps=8"]))
     for r in range(2):
         assert len(full[r]) == 8 and len(part[r]) == 3 and len(rest[r]) == 5
@@ -99,5 +112,13 @@ def test_two_rank_zero2_checkpoint_resume_equivalence(tmp_path: Path) -> None:
 
 def test_nonfinite_losses_are_skipped_then_stop_the_run(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="non-finite losses in a row"):
-        run_on_ranks(_run, 2, timeout=240, args=(str(tmp_path / "nan"), ["train.zero_stage=0", "train.max_steps=5", "nan_at=2", "run.max_nonfinite=3"]))
+        run_on_ranks(
+            _run,
+            2,
+            timeout=240,
+            args=(
+                str(tmp_path / "nan"),
+                ["train.zero_stage=0", "train.max_steps=5", "nan_at=2", "run.max_nonfinite=3"],
+            ),
+        )
     assert issubclass(NonFiniteLossError, RuntimeError)

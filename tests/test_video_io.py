@@ -25,8 +25,13 @@ from vqvdm_scale.data.video_io import (
 
 
 def write_video(
-    path: Path, frames: np.ndarray, codec: str = "libx264", pix_fmt: str = "yuv420p",
-    in_format: str = "rgb24", rotation: int | None = None, fps: int = 10,
+    path: Path,
+    frames: np.ndarray,
+    codec: str = "libx264",
+    pix_fmt: str = "yuv420p",
+    in_format: str = "rgb24",
+    rotation: int | None = None,
+    fps: int = 10,
 ) -> Path:
     """Encode ``frames`` with PyAV (any codec / pixel format), optionally tagging a display rotation."""
     with av.open(str(path), "w") as container:
@@ -91,8 +96,14 @@ def test_encode_is_byte_reproducible_across_processes() -> None:
     digests = set()
     for perturb in ("0", "85", "170"):
         env = {**os.environ, "MALLOC_PERTURB_": perturb}
-        out = subprocess.run([sys.executable, "-c", _ENCODE_SNIPPET, video_io.__file__], env=env, capture_output=True, text=True,
-                             check=True, timeout=120)
+        out = subprocess.run(
+            [sys.executable, "-c", _ENCODE_SNIPPET, video_io.__file__],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=120,
+        )
         digests.add(out.stdout.strip())
     assert len(digests) == 1
 
@@ -166,5 +177,7 @@ def test_decode_frames_dir_natural_order(tmp_path: Path) -> None:
     assert video.frames.shape == (3, 16, 22, 3)
     assert [int(f.mean()) for f in video.frames] == [20, 40, 200]
     assert float(video.fps) == 12.0 and video.orig_size == (30, 40)
-    assert hashlib.sha256(video.frames.tobytes()).digest() == hashlib.sha256(
-        decode_frames_dir(tmp_path, resolution=16, fps=12.0).frames.tobytes()).digest()
+    assert (
+        hashlib.sha256(video.frames.tobytes()).digest()
+        == hashlib.sha256(decode_frames_dir(tmp_path, resolution=16, fps=12.0).frames.tobytes()).digest()
+    )

@@ -62,7 +62,9 @@ class QuickstartConfig:
 
     def __post_init__(self) -> None:
         if self.classes < 1 or self.classes > 8:
-            raise ConfigError("classes must be in 1..8 (the synthetic set has 8 distinct shape/motion/colour classes)")
+            raise ConfigError(
+                "classes must be in 1..8 (the synthetic set has 8 distinct shape/motion/colour classes)"
+            )
 
 
 def _stage(name: str) -> float:
@@ -90,50 +92,102 @@ def main(cfg: QuickstartConfig) -> dict[str, Any]:
         write_synthetic_dataset(raw, cfg.classes, cfg.videos_per_class, cfg.frames, cfg.size, seed=0)
         (raw / ".complete").write_text("ok\n")
     shards = out / "shards"
-    manifest = shards_main(ShardsConfig(input=str(raw), output=str(shards), layout="folder", resolution=32,
-                                        shard_size=8, workers=1, progress=cfg.progress))
+    manifest = shards_main(
+        ShardsConfig(
+            input=str(raw),
+            output=str(shards),
+            layout="folder",
+            resolution=32,
+            shard_size=8,
+            workers=1,
+            progress=cfg.progress,
+        )
+    )
     timings["make_shards_s"] = time.perf_counter() - t0
 
     t0 = _stage("2/5 train the 3D VQGAN (and export the tokenizer)")
-    vq_cfg = load_config(vqgan.VQGANRunConfig, cfg.vqgan_config, [
-        f"data.train_shards={shards}", f"run.dir={out / 'vqgan'}", f"train.max_steps={cfg.vqgan_steps}",
-        f"run.media_every={max(1, cfg.vqgan_steps // 3)}", f"run.progress={str(cfg.progress).lower()}",
-        f"loss.disc_start_step={cfg.vqgan_steps * 2 // 3}",
-    ])
+    vq_cfg = load_config(
+        vqgan.VQGANRunConfig,
+        cfg.vqgan_config,
+        [
+            f"data.train_shards={shards}",
+            f"run.dir={out / 'vqgan'}",
+            f"train.max_steps={cfg.vqgan_steps}",
+            f"run.media_every={max(1, cfg.vqgan_steps // 3)}",
+            f"run.progress={str(cfg.progress).lower()}",
+            f"loss.disc_start_step={cfg.vqgan_steps * 2 // 3}",
+        ],
+    )
     tokenizer_path = vqgan.main(vq_cfg)
     timings["vqgan_s"] = time.perf_counter() - t0
 
     t0 = _stage("3/5 encode the video shards into a latent cache")
     latents = out / "latents"
-    encode_main(EncodeConfig(tokenizer=str(tokenizer_path), input=str(shards), output=str(latents), frames=16,
-                             resolution=32, windows="all", batch_size=8, progress=cfg.progress))
+    encode_main(
+        EncodeConfig(
+            tokenizer=str(tokenizer_path),
+            input=str(shards),
+            output=str(latents),
+            frames=16,
+            resolution=32,
+            windows="all",
+            batch_size=8,
+            progress=cfg.progress,
+        )
+    )
     timings["encode_latents_s"] = time.perf_counter() - t0
 
     t0 = _stage("4/5 train the latent video U-Net")
-    ldm_cfg = load_config(ldm.LDMRunConfig, cfg.ldm_config, [
-        f"data.train_latents={latents}", f"tokenizer={tokenizer_path}", f"run.dir={out / 'ldm'}",
-        f"train.max_steps={cfg.ldm_steps}", f"run.media_every={max(1, cfg.ldm_steps // 2)}",
-        f"run.progress={str(cfg.progress).lower()}", f"sample.steps={min(cfg.sample_steps, 25)}",
-        f"sample.guidance={cfg.guidance}",
-    ])
+    ldm_cfg = load_config(
+        ldm.LDMRunConfig,
+        cfg.ldm_config,
+        [
+            f"data.train_latents={latents}",
+            f"tokenizer={tokenizer_path}",
+            f"run.dir={out / 'ldm'}",
+            f"train.max_steps={cfg.ldm_steps}",
+            f"run.media_every={max(1, cfg.ldm_steps // 2)}",
+            f"run.progress={str(cfg.progress).lower()}",
+            f"sample.steps={min(cfg.sample_steps, 25)}",
+            f"sample.guidance={cfg.guidance}",
+        ],
+    )
     ldm.main(ldm_cfg)
     timings["ldm_s"] = time.perf_counter() - t0
 
     t0 = _stage("5/5 sample class-conditional and long videos")
     n = cfg.classes * cfg.videos_per_class_sampled
     sample = SampleConfig(steps=cfg.sample_steps, guidance=cfg.guidance)
-    cond_paths = sample_main(SampleRunConfig(run=str(out / "ldm"), tokenizer=str(tokenizer_path), all_classes=True,
-                                             num_videos=n, batch_size=n, output=str(out / "samples" / "class_conditional"),
-                                             progress=cfg.progress, sample=sample))
-    long_paths = sample_main(SampleRunConfig(
-        run=str(out / "ldm"), tokenizer=str(tokenizer_path), all_classes=True, num_videos=cfg.classes,
-        batch_size=cfg.classes, output=str(out / "samples" / "long"), progress=cfg.progress,
-        sample=dataclasses.replace(sample, num_clips=cfg.long_clips, overlap=cfg.long_overlap, seed=1),
-    ))
+    cond_paths = sample_main(
+        SampleRunConfig(
+            run=str(out / "ldm"),
+            tokenizer=str(tokenizer_path),
+            all_classes=True,
+            num_videos=n,
+            batch_size=n,
+            output=str(out / "samples" / "class_conditional"),
+            progress=cfg.progress,
+            sample=sample,
+        )
+    )
+    long_paths = sample_main(
+        SampleRunConfig(
+            run=str(out / "ldm"),
+            tokenizer=str(tokenizer_path),
+            all_classes=True,
+            num_videos=cfg.classes,
+            batch_size=cfg.classes,
+            output=str(out / "samples" / "long"),
+            progress=cfg.progress,
+            sample=dataclasses.replace(sample, num_clips=cfg.long_clips, overlap=cfg.long_overlap, seed=1),
+        )
+    )
     timings["sample_s"] = time.perf_counter() - t0
 
     if is_main():
-        summary.update(_quality(cfg, shards, tokenizer_path, cond_paths, long_paths, len(manifest["classes"])))
+        summary.update(
+            _quality(cfg, shards, tokenizer_path, cond_paths, long_paths, len(manifest["classes"]))
+        )
         summary["timings_s"] = {k: round(v, 1) for k, v in timings.items()}
         summary["total_s"] = round(sum(timings.values()), 1)
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -142,12 +196,24 @@ def main(cfg: QuickstartConfig) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def _quality(cfg: QuickstartConfig, shards: Path, tokenizer_path: Path, cond: list[Path], long: list[Path],
-             num_classes: int) -> dict[str, Any]:
+def _quality(
+    cfg: QuickstartConfig,
+    shards: Path,
+    tokenizer_path: Path,
+    cond: list[Path],
+    long: list[Path],
+    num_classes: int,
+) -> dict[str, Any]:
     """Colour-test accuracy of inputs, reconstructions and samples, and reconstruction PSNR."""
     loader = build_clip_loader(
-        ClipLoaderConfig(train_shards=str(shards), eval_shards=str(shards), frames=16, resolution=32,
-                         batch_size=64, num_workers=0),
+        ClipLoaderConfig(
+            train_shards=str(shards),
+            eval_shards=str(shards),
+            frames=16,
+            resolution=32,
+            batch_size=64,
+            num_workers=0,
+        ),
         train=False,
     )
     batches = list(loader)  # one centred clip of every video, all classes
@@ -174,10 +240,16 @@ def _quality(cfg: QuickstartConfig, shards: Path, tokenizer_path: Path, cond: li
 
 def _report(out: Path, s: dict[str, Any]) -> None:
     print0("\n=== quickstart summary ===")
-    print0(f"classes recognised by colour: inputs {s['input_class_accuracy']:.0%}, reconstructions "
-           f"{s['reconstruction_class_accuracy']:.0%} (PSNR {s['reconstruction_psnr_db']} dB), class-conditional "
-           f"samples {s['sample_class_accuracy']:.0%}, long videos {s['long_video_class_accuracy']:.0%} "
-           f"({s['long_video_frames']} frames)")
-    print0("time per stage (s): " + ", ".join(f"{k[:-2]} {v}" for k, v in s["timings_s"].items()) + f"; total {s['total_s']}")
+    print0(
+        f"classes recognised by colour: inputs {s['input_class_accuracy']:.0%}, reconstructions "
+        f"{s['reconstruction_class_accuracy']:.0%} (PSNR {s['reconstruction_psnr_db']} dB), class-conditional "
+        f"samples {s['sample_class_accuracy']:.0%}, long videos {s['long_video_class_accuracy']:.0%} "
+        f"({s['long_video_frames']} frames)"
+    )
+    print0(
+        "time per stage (s): "
+        + ", ".join(f"{k[:-2]} {v}" for k, v in s["timings_s"].items())
+        + f"; total {s['total_s']}"
+    )
     print0(f"videos: {out / 'samples'} (mp4 per video, gif + png grid per batch)")
     print0(f"watch the runs: tensorboard --logdir {out}")

@@ -69,7 +69,9 @@ class SampleRunConfig:
             return p if p.is_file() else p / EMA_FILE
         ckpt = latest_checkpoint(Path(str(self.run)) / "checkpoints")
         if ckpt is None:
-            raise FileNotFoundError(f"{self.run} has no complete checkpoint: train first or pass --checkpoint")
+            raise FileNotFoundError(
+                f"{self.run} has no complete checkpoint: train first or pass --checkpoint"
+            )
         return ckpt / EMA_FILE
 
 
@@ -87,13 +89,17 @@ def main(cfg: SampleRunConfig) -> list[Path]:
         )
     num_classes = sm.net.config.num_classes
     if cfg.class_id is not None and not 0 <= cfg.class_id < max(num_classes, 1):
-        raise ValueError(f"--class-id {cfg.class_id} is outside the model's {num_classes} classes {sm.classes}")
+        raise ValueError(
+            f"--class-id {cfg.class_id} is outside the model's {num_classes} classes {sm.classes}"
+        )
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
     mine = [i for i in range(cfg.num_videos) if i % world == rank]
     fps = cfg.fps or sm.spec.fps
     paths: list[Path] = []
-    bar = tqdm(total=len(mine), desc=f"sample rank {rank}", position=rank, disable=not cfg.progress, unit="video")
+    bar = tqdm(
+        total=len(mine), desc=f"sample rank {rank}", position=rank, disable=not cfg.progress, unit="video"
+    )
     for start in range(0, len(mine), cfg.batch_size):
         idx = mine[start : start + cfg.batch_size]
         if cfg.all_classes or cfg.class_id is None:
@@ -104,15 +110,26 @@ def main(cfg: SampleRunConfig) -> list[Path]:
         y = torch.tensor(labels, device=device)
         z = generate_latents(sm.net, sm.diffusion, sm.spec, y, cfg.sample, generator=g, progress=cfg.progress)
         video = decode_latents(tokenizer, z, sm.spec, cfg.sample.quantize)
-        names = [f"video_{i:05d}_class{c:03d}_{_slug(sm.classes, c)}" for i, c in zip(idx, labels, strict=True)]
+        names = [
+            f"video_{i:05d}_class{c:03d}_{_slug(sm.classes, c)}" for i, c in zip(idx, labels, strict=True)
+        ]
         paths += write_videos(video.cpu(), out, names, fps)
         bar.update(len(idx))
     bar.close()
     if rank == 0:
-        (out / "sampling.json").write_text(json.dumps({
-            "ema": str(cfg.ema_path()), "step": sm.step, "tokenizer": cfg.tokenizer, "classes": sm.classes,
-            "world_size": world, "config": to_dict(cfg),
-        }, indent=2))
+        (out / "sampling.json").write_text(
+            json.dumps(
+                {
+                    "ema": str(cfg.ema_path()),
+                    "step": sm.step,
+                    "tokenizer": cfg.tokenizer,
+                    "classes": sm.classes,
+                    "world_size": world,
+                    "config": to_dict(cfg),
+                },
+                indent=2,
+            )
+        )
     barrier()
     print0(f"wrote {cfg.num_videos} videos ({cfg.sample.num_clips} clip(s) each) to {out}")
     return paths

@@ -65,8 +65,14 @@ class LatentSpec:
 
 
 def save_ema(
-    path: Path, ema: dict[str, torch.Tensor], model: UNetConfig, diffusion: DiffusionConfig, spec: LatentSpec,
-    tokenizer_fingerprint: str, step: int, class_names: Sequence[str],
+    path: Path,
+    ema: dict[str, torch.Tensor],
+    model: UNetConfig,
+    diffusion: DiffusionConfig,
+    spec: LatentSpec,
+    tokenizer_fingerprint: str,
+    step: int,
+    class_names: Sequence[str],
 ) -> None:
     """Write EMA weights + everything sampling needs into one safetensors file (no pickle)."""
     meta = {
@@ -103,7 +109,9 @@ def load_ema(path: str | Path, device: torch.device | str = "cpu") -> SamplingMo
     """Load a file written by :func:`save_ema`."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist: give a run dir or a checkpoint dir that holds {EMA_FILE}")
+        raise FileNotFoundError(
+            f"{path} does not exist: give a run dir or a checkpoint dir that holds {EMA_FILE}"
+        )
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
         if meta.get("format") != EMA_FORMAT:
@@ -116,10 +124,17 @@ def load_ema(path: str | Path, device: torch.device | str = "cpu") -> SamplingMo
     net.to(device).eval()
     spec = LatentSpec(
         shape=tuple(json.loads(meta["latent_shape"])),  # type: ignore[arg-type]
-        mean=tensors["latent.mean"], std=tensors["latent.std"], fps=float(meta["latent_fps"]),
+        mean=tensors["latent.mean"],
+        std=tensors["latent.std"],
+        fps=float(meta["latent_fps"]),
     )
     return SamplingModel(
-        net, GaussianDiffusion(dcfg), spec, meta["tokenizer_fingerprint"], int(meta["step"]), json.loads(meta["classes"]),
+        net,
+        GaussianDiffusion(dcfg),
+        spec,
+        meta["tokenizer_fingerprint"],
+        int(meta["step"]),
+        json.loads(meta["classes"]),
     )
 
 
@@ -142,9 +157,19 @@ def generate_latents(
     if fps is None:
         fps = torch.full((b,), spec.fps, device=device)
     sampler = make_clip_sampler(
-        net, diffusion, (b, *spec.shape), y=labels if num_classes > 0 else None, fps=fps,
-        guidance_scale=cfg.guidance if num_classes > 0 else 1.0, null_class=num_classes if num_classes > 0 else None,
-        sampler=cfg.sampler, steps=cfg.steps, eta=cfg.eta, generator=generator, device=device, progress=progress,
+        net,
+        diffusion,
+        (b, *spec.shape),
+        y=labels if num_classes > 0 else None,
+        fps=fps,
+        guidance_scale=cfg.guidance if num_classes > 0 else 1.0,
+        null_class=num_classes if num_classes > 0 else None,
+        sampler=cfg.sampler,
+        steps=cfg.steps,
+        eta=cfg.eta,
+        generator=generator,
+        device=device,
+        progress=progress,
     )
     return sample_long_video(sampler, cfg.num_clips, overlap=cfg.overlap)
 

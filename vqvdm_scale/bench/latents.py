@@ -41,10 +41,13 @@ def _rate(step: Callable[[], int], seconds: float) -> float:
     return items / (time.perf_counter() - start)
 
 
-def latent_loader_rate(latents: str, fp: str, codebook: torch.Tensor, workers: int, batch: int, seconds: float) -> float:
+def latent_loader_rate(
+    latents: str, fp: str, codebook: torch.Tensor, workers: int, batch: int, seconds: float
+) -> float:
     """Samples/s the train-mode latent loader delivers (resampled: an endless stream)."""
-    cfg = LatentLoaderConfig(train_latents=latents, batch_size=batch, num_workers=workers, resampled=True,
-                             shuffle_buffer=64)
+    cfg = LatentLoaderConfig(
+        train_latents=latents, batch_size=batch, num_workers=workers, resampled=True, shuffle_buffer=64
+    )
     it = iter(build_latent_loader(cfg, tokenizer_fingerprint=fp, codebook=codebook))
     return _rate(lambda: len(next(it)["key"]), seconds)
 
@@ -76,7 +79,9 @@ def bytes_per_sample(root: Path) -> tuple[float, int]:
 
 
 def stage2_step_time(
-    batches: Iterator[dict[str, Any]], to_latent: Callable[[dict[str, Any]], torch.Tensor], unet: UNet3D,
+    batches: Iterator[dict[str, Any]],
+    to_latent: Callable[[dict[str, Any]], torch.Tensor],
+    unet: UNet3D,
     steps: int,
 ) -> float:
     """Seconds per stage-2 step (fetch batch -> latents -> eps-prediction forward + backward), mean of ``steps``."""
@@ -111,7 +116,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--preset", default="tiny", help="tokenizer preset (randomly initialised)")
     parser.add_argument("--workers", default="1,2", help="comma list of latent loader worker counts")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (more than free cores thrashes)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads (more than free cores thrashes)"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     from vqvdm_scale.data.synthetic import make_synthetic_shards
@@ -123,24 +130,43 @@ def main(argv: Sequence[str] | None = None) -> None:
         export_tokenizer(VQTokenizer(tcfg), tcfg, tmp / "tok.safetensors")
         model, _, fp = load_tokenizer(tmp / "tok.safetensors")
         videos = tmp / "videos"
-        make_synthetic_shards(str(videos), num_classes=NUM_CLASSES, videos_per_class=8, num_frames=48,
-                              size=args.resolution, resolution=args.resolution, shard_size=4)
-        print(f"tokenizer preset {args.preset!r} (random init), clips {args.frames}x{args.resolution}^2, "
-              f"batch {args.batch_size}, torch threads {torch.get_num_threads()}")
+        make_synthetic_shards(
+            str(videos),
+            num_classes=NUM_CLASSES,
+            videos_per_class=8,
+            num_frames=48,
+            size=args.resolution,
+            resolution=args.resolution,
+            shard_size=4,
+        )
+        print(
+            f"tokenizer preset {args.preset!r} (random init), clips {args.frames}x{args.resolution}^2, "
+            f"batch {args.batch_size}, torch threads {torch.get_num_threads()}"
+        )
 
         caches: dict[str, Path] = {}
         for store in ("indices", "latents"):
             caches[store] = tmp / f"lat_{store}"
-            cfg = EncodeConfig(tokenizer=str(tmp / "tok.safetensors"), input=str(videos), output=str(caches[store]),
-                               frames=args.frames, resolution=args.resolution, batch_size=8, store=store,
-                               progress=False, threads=torch.get_num_threads())
+            cfg = EncodeConfig(
+                tokenizer=str(tmp / "tok.safetensors"),
+                input=str(videos),
+                output=str(caches[store]),
+                frames=args.frames,
+                resolution=args.resolution,
+                batch_size=8,
+                store=store,
+                progress=False,
+                threads=torch.get_num_threads(),
+            )
             start = time.perf_counter()
             manifest = encode_main(cfg)
             took = time.perf_counter() - start
             per, payload = bytes_per_sample(caches[store])
-            print(f"encode_latents --store {store}: {manifest['num_samples']} clips in {took:.1f}s = "
-                  f"{manifest['num_samples'] / took:.1f} clips/s end to end (decode + encode + write); "
-                  f"{per:.0f} B/sample in tar ({payload} B npy payload, {manifest['dtype']} {manifest['sample_shape']})")
+            print(
+                f"encode_latents --store {store}: {manifest['num_samples']} clips in {took:.1f}s = "
+                f"{manifest['num_samples'] / took:.1f} clips/s end to end (decode + encode + write); "
+                f"{per:.0f} B/sample in tar ({payload} B npy payload, {manifest['dtype']} {manifest['sample_shape']})"
+            )
         clips = torch.rand(8, 3, args.frames, args.resolution, args.resolution) * 2 - 1
         rate = _rate(lambda: int(encode_clips(model, clips)[0].shape[0]), args.seconds)
         print(f"tokenizer encode+quantize alone: {rate:.1f} clips/s (batch 8)")
@@ -155,8 +181,13 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         d = tcfg.latent_dim
         unet = UNet3D(unet_preset("tiny", in_channels=d, num_classes=NUM_CLASSES, use_fps=True))
-        lcfg = LatentLoaderConfig(train_latents=latents, batch_size=args.batch_size, num_workers=1, resampled=True,
-                                  shuffle_buffer=64)
+        lcfg = LatentLoaderConfig(
+            train_latents=latents,
+            batch_size=args.batch_size,
+            num_workers=1,
+            resampled=True,
+            shuffle_buffer=64,
+        )
         lat_loader = build_latent_loader(lcfg, tokenizer_fingerprint=fp, codebook=codebook)
         cached = stage2_step_time(iter(lat_loader), lambda b: b["latent"], unet, args.steps)
         manifest = lat_loader.manifest
@@ -166,15 +197,26 @@ def main(argv: Sequence[str] | None = None) -> None:
                 _, z = encode_clips(model, batch["video"])
             return normalize(z, manifest)
 
-        ccfg = ClipLoaderConfig(train_shards=str(videos), frames=args.frames, resolution=args.resolution,
-                                batch_size=args.batch_size, num_workers=1, resampled=True, shuffle_buffer=16)
+        ccfg = ClipLoaderConfig(
+            train_shards=str(videos),
+            frames=args.frames,
+            resolution=args.resolution,
+            batch_size=args.batch_size,
+            num_workers=1,
+            resampled=True,
+            shuffle_buffer=16,
+        )
         fly = stage2_step_time(iter(build_clip_loader(ccfg)), encode_on_the_fly, unet, args.steps)
-        print(f"stage-2 step (tiny UNet fwd+bwd, batch {args.batch_size}): cached latents {cached * 1e3:.0f} ms, "
-              f"decode+encode on the fly {fly * 1e3:.0f} ms -> on-the-fly / cached = {fly / cached:.2f}x")
+        print(
+            f"stage-2 step (tiny UNet fwd+bwd, batch {args.batch_size}): cached latents {cached * 1e3:.0f} ms, "
+            f"decode+encode on the fly {fly * 1e3:.0f} ms -> on-the-fly / cached = {fly / cached:.2f}x"
+        )
         steps_per_s = args.batch_size / cached
-        print(f"packing: the step consumes {steps_per_s:.0f} samples/s; one-per-member reading gives {raw:.0f} "
-              f"samples/s per reader ({raw / steps_per_s:.0f}x headroom): "
-              f"{'no packing needed' if raw > 10 * steps_per_s else 'consider packing several samples per member'}")
+        print(
+            f"packing: the step consumes {steps_per_s:.0f} samples/s; one-per-member reading gives {raw:.0f} "
+            f"samples/s per reader ({raw / steps_per_s:.0f}x headroom): "
+            f"{'no packing needed' if raw > 10 * steps_per_s else 'consider packing several samples per member'}"
+        )
 
 
 if __name__ == "__main__":

@@ -39,12 +39,23 @@ def _samples(shard_dir: Path) -> list[tuple[str, bytes]]:
     return out
 
 
-def bench_storage(input_dir: Path, work: Path, storage: str, resolution: int, max_frames: int | None) -> dict[str, float]:
+def bench_storage(
+    input_dir: Path, work: Path, storage: str, resolution: int, max_frames: int | None
+) -> dict[str, float]:
     """Shard ``input_dir`` with ``storage`` and time writing and decoding; returns the figures."""
     out = work / storage
     start = time.perf_counter()
-    manifest = main(ShardsConfig(input=str(input_dir), output=str(out), resolution=resolution, storage=storage,
-                                 max_frames=max_frames, shard_size=64, progress=False))  # type: ignore[arg-type]
+    manifest = main(
+        ShardsConfig(
+            input=str(input_dir),
+            output=str(out),
+            resolution=resolution,
+            storage=storage,
+            max_frames=max_frames,
+            shard_size=64,
+            progress=False,
+        )
+    )  # type: ignore[arg-type]
     write_s = time.perf_counter() - start
     samples = _samples(out)
     total_bytes = sum(len(p) for _, p in samples)
@@ -52,7 +63,9 @@ def bench_storage(input_dir: Path, work: Path, storage: str, resolution: int, ma
     whole_s = first_s = 0.0
     for ext, payload in samples:
         t0 = time.perf_counter()
-        frames = decode_mp4_bytes(payload)[0] if ext == "mp4" else np.load(io.BytesIO(payload), allow_pickle=False)
+        frames = (
+            decode_mp4_bytes(payload)[0] if ext == "mp4" else np.load(io.BytesIO(payload), allow_pickle=False)
+        )
         whole_s += time.perf_counter() - t0
         frames_total += frames.shape[0]
         t0 = time.perf_counter()
@@ -76,8 +89,12 @@ def bench_storage(input_dir: Path, work: Path, storage: str, resolution: int, ma
 
 def main_cli() -> None:
     """Run the benchmark and print a table."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--input", default=None, help="folder of videos (default: ../shared/data/videos or synthetic)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--input", default=None, help="folder of videos (default: ../shared/data/videos or synthetic)"
+    )
     parser.add_argument("--resolution", type=int, default=128)
     parser.add_argument("--max-frames", type=int, default=None, help="cap frames per video (default: all)")
     args = parser.parse_args()
@@ -90,13 +107,19 @@ def main_cli() -> None:
         else:
             source = "synthetic (4 classes x 4 videos, 64 frames, 128 px)"
             input_dir = write_synthetic_dataset(work / "synthetic", 4, 4, num_frames=64, size=128)
-        rows = {s: bench_storage(input_dir, work, s, args.resolution, args.max_frames) for s in ("mp4", "npy")}
+        rows = {
+            s: bench_storage(input_dir, work, s, args.resolution, args.max_frames) for s in ("mp4", "npy")
+        }
     print(f"\nshard storage benchmark: {source}, short side {args.resolution}, 1 process")
-    print(f"{'storage':8} {'samples':>7} {'frames':>7} {'MB/sample':>10} {'kB/frame':>9} {'write s/sample':>15} "
-          f"{'ms/16f clip (whole)':>20} {'ms/16f clip (first 16)':>23}")
+    print(
+        f"{'storage':8} {'samples':>7} {'frames':>7} {'MB/sample':>10} {'kB/frame':>9} {'write s/sample':>15} "
+        f"{'ms/16f clip (whole)':>20} {'ms/16f clip (first 16)':>23}"
+    )
     for name, r in rows.items():
-        print(f"{name:8} {r['samples']:7d} {r['frames']:7d} {r['mb_per_sample']:10.2f} {r['kb_per_frame']:9.1f} "
-              f"{r['write_s_per_sample']:15.2f} {r['ms_per_clip_whole']:20.2f} {r['ms_per_clip_first']:23.2f}")
+        print(
+            f"{name:8} {r['samples']:7d} {r['frames']:7d} {r['mb_per_sample']:10.2f} {r['kb_per_frame']:9.1f} "
+            f"{r['write_s_per_sample']:15.2f} {r['ms_per_clip_whole']:20.2f} {r['ms_per_clip_first']:23.2f}"
+        )
     ratio = rows["npy"]["mb_per_sample"] / rows["mp4"]["mb_per_sample"]
     print(f"npy is {ratio:.0f}x larger than mp4")
 

@@ -23,7 +23,9 @@ def parse_cli(cls: type[T], argv: Sequence[str] | None = None, description: str 
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--config", "-c", default=None, help="YAML config file (may use _base_: other.yaml)")
     parser.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
-    parser.add_argument("--list-keys", action="store_true", help="print every config key with its type and exit")
+    parser.add_argument(
+        "--list-keys", action="store_true", help="print every config key with its type and exit"
+    )
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides")
     # The deepspeed launcher appends --local_rank=N; accept and ignore it (LOCAL_RANK is in the env too).
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)

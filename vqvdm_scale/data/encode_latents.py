@@ -169,8 +169,14 @@ def _input_manifests(urls: Sequence[str]) -> tuple[dict[str, dict[str, Any]], li
 def _plan_hash(cfg: EncodeConfig, fingerprint: str, source: str) -> str:
     # everything that changes a latent shard's bytes; the input is named by its sha256 when its manifest has it
     plan = {
-        "format": LATENT_FORMAT, "fingerprint": fingerprint, "frames": cfg.frames, "stride": cfg.stride,
-        "resolution": cfg.resolution, "windows": cfg.windows, "store": cfg.store, "batch_size": cfg.batch_size,
+        "format": LATENT_FORMAT,
+        "fingerprint": fingerprint,
+        "frames": cfg.frames,
+        "stride": cfg.stride,
+        "resolution": cfg.resolution,
+        "windows": cfg.windows,
+        "store": cfg.store,
+        "batch_size": cfg.batch_size,
         "source": source,
     }
     return hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()[:16]
@@ -178,7 +184,9 @@ def _plan_hash(cfg: EncodeConfig, fingerprint: str, source: str) -> str:
 
 def _complete_sidecar(fs: Any, root: str, task: _Task) -> Optional[dict[str, Any]]:
     """The sidecar of a finished latent shard made under this plan, or None when it must be (re)written."""
-    return finished_sidecar(fs, root, task.name, _sidecar_name(task.name), lambda side: side.get("plan") == task.plan)
+    return finished_sidecar(
+        fs, root, task.name, _sidecar_name(task.name), lambda side: side.get("plan") == task.plan
+    )
 
 
 class _ErrorLog(ErrorCounter):
@@ -240,7 +248,13 @@ class _ShardEncoder:
 
 
 def _encode_shard(
-    task: _Task, model: VQTokenizer, cfg: EncodeConfig, fs: Any, root: str, pool: Optional[DecodePool], bar: tqdm,
+    task: _Task,
+    model: VQTokenizer,
+    cfg: EncodeConfig,
+    fs: Any,
+    root: str,
+    pool: Optional[DecodePool],
+    bar: tqdm,
     rank: int,
 ) -> dict[str, Any]:
     """Write one latent shard (tmp tar -> sidecar -> rename) from one input shard; returns the sidecar."""
@@ -265,13 +279,19 @@ def _encode_shard(
                     continue
                 meta, fps, clips = payload
                 if not clips:
-                    skipped.append({"key": key, "reason": "too_short", "detail": "fewer frames than one clip"})
+                    skipped.append(
+                        {"key": key, "reason": "too_short", "detail": "fewer frames than one clip"}
+                    )
                     continue
                 videos += 1
                 for window, start, clip in clips:
                     info = {
-                        "label": int(meta["label"]), "class_name": meta.get("class_name"),
-                        "fps": fps / cfg.stride, "window": window, "start": start, "source_key": key,
+                        "label": int(meta["label"]),
+                        "class_name": meta.get("class_name"),
+                        "fps": fps / cfg.stride,
+                        "window": window,
+                        "start": start,
+                        "source_key": key,
                     }
                     enc.add(f"{key}_w{window:03d}", clip, info)
             del results
@@ -279,11 +299,17 @@ def _encode_shard(
         writer.close()
     skipped += [{"key": "", "reason": "tar_error", "detail": m} for m in errors.messages]
     sidecar = {
-        "name": task.name, "source": task.url, "count": enc.count, "sha256": out.sha.hexdigest(),
-        "bytes": out.size, "videos": videos, "skipped": skipped,
+        "name": task.name,
+        "source": task.url,
+        "count": enc.count,
+        "sha256": out.sha.hexdigest(),
+        "bytes": out.size,
+        "videos": videos,
+        "skipped": skipped,
         "skip_counts": dict(sorted(Counter(s["reason"] for s in skipped).items())),
         "stats": {"positions": enc.positions, "sum": enc.sum.tolist(), "sumsq": enc.sumsq.tolist()},
-        "plan": task.plan, "rank": rank,  # who wrote it (informational; not part of the plan)
+        "plan": task.plan,
+        "rank": rank,  # who wrote it (informational; not part of the plan)
     }
     publish_shard(fs, root, task.name, _sidecar_name(task.name), sidecar)
     return sidecar
@@ -293,7 +319,11 @@ def _encode_shard(
 
 
 def _merge(
-    cfg: EncodeConfig, sidecars: list[dict[str, Any]], model: VQTokenizer, fingerprint: str, classes: list[str]
+    cfg: EncodeConfig,
+    sidecars: list[dict[str, Any]],
+    model: VQTokenizer,
+    fingerprint: str,
+    classes: list[str],
 ) -> dict[str, Any]:
     """The cache manifest from every shard's sidecar."""
     tcfg = model.cfg
@@ -327,9 +357,15 @@ def _merge(
         "skipped": skipped,
         "shards": [
             {"name": s["name"], "count": s["count"], "sha256": s["sha256"], "source": s["source"]}
-            for s in sidecars if s["count"]
+            for s in sidecars
+            if s["count"]
         ],
-        "clip": {"frames": cfg.frames, "stride": cfg.stride, "resolution": cfg.resolution, "windows": cfg.windows},
+        "clip": {
+            "frames": cfg.frames,
+            "stride": cfg.stride,
+            "resolution": cfg.resolution,
+            "windows": cfg.windows,
+        },
         "classes": classes,
         "source": cfg.input,
         "params": to_dict(cfg),
@@ -337,8 +373,15 @@ def _merge(
 
 
 def _write_manifest(
-    cfg: EncodeConfig, tasks: list[_Task], sidecars: dict[int, dict[str, Any]], fs: Any, root: str,
-    model: VQTokenizer, fingerprint: str, classes: list[str], world: int,
+    cfg: EncodeConfig,
+    tasks: list[_Task],
+    sidecars: dict[int, dict[str, Any]],
+    fs: Any,
+    root: str,
+    model: VQTokenizer,
+    fingerprint: str,
+    classes: list[str],
+    world: int,
 ) -> dict[str, Any]:
     """Rank 0: check every shard is whole, merge the sidecars and write manifest.json."""
     ordered = []
@@ -366,7 +409,9 @@ def _check_inputs(cfg: EncodeConfig) -> None:
     if not cfg.tokenizer:
         raise ConfigError("tokenizer: give the exported tokenizer file (.safetensors from export_tokenizer)")
     if not cfg.input:
-        raise ConfigError("input: give the video shards (directory with manifest.json, brace pattern or list)")
+        raise ConfigError(
+            "input: give the video shards (directory with manifest.json, brace pattern or list)"
+        )
     if not cfg.output:
         raise ConfigError("output: give the latent shard folder (local path or fsspec URL)")
 
@@ -406,8 +451,16 @@ def _run(cfg: EncodeConfig, rank: int, world: int) -> dict[str, Any]:
         entry = entries.get(url, {})
         sha = entry.get("sha256")
         count = entry.get("count")
-        tasks.append(_Task(i, url, name, _plan_hash(cfg, fingerprint, sha or url), sha,
-                           None if count is None else int(count)))
+        tasks.append(
+            _Task(
+                i,
+                url,
+                name,
+                _plan_hash(cfg, fingerprint, sha or url),
+                sha,
+                None if count is None else int(count),
+            )
+        )
     fs, root = url_to_fs(cfg.output)
     fs.makedirs(root, exist_ok=True)
     if rank == 0 and fs.exists(join_url(root, MANIFEST_NAME)):
@@ -425,8 +478,14 @@ def _run(cfg: EncodeConfig, rank: int, world: int) -> dict[str, Any]:
             sidecars[task.index] = done
     known = [t.source_count for t in todo]
     total = sum(c for c in known if c is not None) if all(c is not None for c in known) else None
-    bar = tqdm(total=total, unit="video", desc=f"encode_latents rank {rank}", position=rank,
-               disable=not cfg.progress, leave=True)
+    bar = tqdm(
+        total=total,
+        unit="video",
+        desc=f"encode_latents rank {rank}",
+        position=rank,
+        disable=not cfg.progress,
+        leave=True,
+    )
     pool: Optional[DecodePool] = None
     if cfg.workers > 1 and todo:
         pool = DecodePool(cfg.workers)

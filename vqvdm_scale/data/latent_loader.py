@@ -107,12 +107,16 @@ class LatentLoaderConfig:
 # ------------------------------------------------------------------------------------- manifest helpers
 
 
-def stats_from_sums(positions: int, sums: Sequence[float], sumsqs: Sequence[float]) -> tuple[list[float], list[float]]:
+def stats_from_sums(
+    positions: int, sums: Sequence[float], sumsqs: Sequence[float]
+) -> tuple[list[float], list[float]]:
     """Per-channel (mean, std) from a count and per-channel sums / sums of squares (population std)."""
     if positions <= 0:
         raise ValueError("no latent positions were encoded: the cache is empty, so it has no statistics")
     mean = [s / positions for s in sums]
-    std = [max(math.sqrt(max(q / positions - m * m, 0.0)), STD_FLOOR) for q, m in zip(sumsqs, mean, strict=True)]
+    std = [
+        max(math.sqrt(max(q / positions - m * m, 0.0)), STD_FLOOR) for q, m in zip(sumsqs, mean, strict=True)
+    ]
     return mean, std
 
 
@@ -147,7 +151,15 @@ def denormalize(z: Tensor, manifest: dict[str, Any]) -> Tensor:
     return z * _channel_view(std, z) + _channel_view(mean, z)
 
 
-_SAME_KEYS = ("fingerprint", "store", "dtype", "latent_shape", "sample_shape", "codebook_size", "codebook_sha256")
+_SAME_KEYS = (
+    "fingerprint",
+    "store",
+    "dtype",
+    "latent_shape",
+    "sample_shape",
+    "codebook_size",
+    "codebook_sha256",
+)
 
 
 def read_latent_manifest(spec: str | Sequence[str]) -> dict[str, Any]:
@@ -187,7 +199,9 @@ def read_latent_manifest(spec: str | Sequence[str]) -> dict[str, Any]:
     return merged
 
 
-def check_fingerprint(manifest: dict[str, Any], tokenizer_fingerprint: Optional[str], where: str = "") -> None:
+def check_fingerprint(
+    manifest: dict[str, Any], tokenizer_fingerprint: Optional[str], where: str = ""
+) -> None:
     """ValueError unless the cache was encoded by the tokenizer with ``tokenizer_fingerprint``."""
     cached = manifest.get("fingerprint")
     if tokenizer_fingerprint is None:
@@ -264,7 +278,9 @@ class _LatentDataset(IterableDataset):
                 counter(exn)
                 continue
             if len(batch) == r.batch_size:
-                yield collate_batch(batch, dict(worker=worker, cursor=cursor, errors=counter.count, skipped=0))
+                yield collate_batch(
+                    batch, dict(worker=worker, cursor=cursor, errors=counter.count, skipped=0)
+                )
                 batch = []
         meta = dict(worker=worker, cursor=cursor, errors=counter.count, skipped=0)
         if batch and not r.drop_last:
@@ -298,7 +314,12 @@ class LatentLoader(ResumableLoader):
         state: Optional[LoaderState],
     ) -> None:
         super().__init__(
-            cfg.clip_config(), urls, rank=rank, world_size=world_size, train=train, num_workers=num_workers,
+            cfg.clip_config(),
+            urls,
+            rank=rank,
+            world_size=world_size,
+            train=train,
+            num_workers=num_workers,
             state=state,
         )
         self.latent_cfg = cfg
@@ -338,7 +359,9 @@ def build_latent_loader(
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is outside world_size {world_size}")
     if not cfg.train_latents:
-        raise ConfigError("data.train_latents is not set: give the latent shard directory (with manifest.json)")
+        raise ConfigError(
+            "data.train_latents is not set: give the latent shard directory (with manifest.json)"
+        )
     urls = resolve_shards(cfg.train_latents)
     manifest = read_latent_manifest(cfg.train_latents)
     check_fingerprint(manifest, tokenizer_fingerprint, where=cfg.train_latents)
@@ -364,7 +387,13 @@ def build_latent_loader(
             raise ValueError(f"{len(urls)} latent shards cannot be split over {world_size} ranks")
         num_workers = min(num_workers, len(urls) // world_size)
     return LatentLoader(
-        cfg, urls, manifest, codebook, rank=rank, world_size=world_size, train=train,
-        num_workers=num_workers, state=state,
+        cfg,
+        urls,
+        manifest,
+        codebook,
+        rank=rank,
+        world_size=world_size,
+        train=train,
+        num_workers=num_workers,
+        state=state,
     )
-

@@ -19,7 +19,19 @@ from vqvdm_scale.data.video_io import IMAGE_EXTENSIONS
 LayoutName = Literal["folder", "ucf101", "sky", "manifest"]
 LAYOUTS: tuple[str, ...] = ("folder", "ucf101", "sky", "manifest")
 VIDEO_EXTENSIONS: tuple[str, ...] = (
-    ".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp", ".ogv", ".ts",
+    ".mp4",
+    ".avi",
+    ".mkv",
+    ".mov",
+    ".webm",
+    ".m4v",
+    ".mpg",
+    ".mpeg",
+    ".flv",
+    ".wmv",
+    ".3gp",
+    ".ogv",
+    ".ts",
 )
 
 
@@ -62,7 +74,9 @@ def _walk_files(root: Path, extensions: tuple[str, ...]) -> list[Path]:
 
 def _require_dir(root: Path, layout: str) -> None:
     if not root.is_dir():
-        raise ValueError(f"--input {str(root)!r} is not a directory; the {layout!r} layout needs a dataset folder")
+        raise ValueError(
+            f"--input {str(root)!r} is not a directory; the {layout!r} layout needs a dataset folder"
+        )
 
 
 def folder_layout(root: str | os.PathLike[str], extensions: tuple[str, ...] = VIDEO_EXTENSIONS) -> ItemList:
@@ -70,13 +84,12 @@ def folder_layout(root: str | os.PathLike[str], extensions: tuple[str, ...] = VI
     base = Path(root).resolve()
     _require_dir(base, "folder")
     files = _walk_files(base, _norm_exts(extensions))
-    names = [
-        _rel(f.parent, base) if f.parent != base else base.name for f in files
-    ]
+    names = [_rel(f.parent, base) if f.parent != base else base.name for f in files]
     classes = sorted(set(names))
     index = {name: i for i, name in enumerate(classes)}
     items = [
-        VideoItem(str(f), index[name], name, "file", _rel(f, base)) for f, name in zip(files, names, strict=True)
+        VideoItem(str(f), index[name], name, "file", _rel(f, base))
+        for f, name in zip(files, names, strict=True)
     ]
     return ItemList(items, classes)
 
@@ -85,8 +98,11 @@ def _find_class_ind(root: Path, split_file: Path | None) -> Path:
     candidates = []
     if split_file is not None:
         candidates.append(split_file.parent / "classInd.txt")
-    candidates += [root / "classInd.txt", root / "ucfTrainTestlist" / "classInd.txt",
-                   root.parent / "ucfTrainTestlist" / "classInd.txt"]
+    candidates += [
+        root / "classInd.txt",
+        root / "ucfTrainTestlist" / "classInd.txt",
+        root.parent / "ucfTrainTestlist" / "classInd.txt",
+    ]
     for c in candidates:
         if c.is_file():
             return c
@@ -166,7 +182,9 @@ def sky_layout(root: str | os.PathLike[str]) -> ItemList:
     clips: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(base):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        if any(os.path.splitext(n)[1].lower() in IMAGE_EXTENSIONS for n in filenames if not n.startswith(".")):
+        if any(
+            os.path.splitext(n)[1].lower() in IMAGE_EXTENSIONS for n in filenames if not n.startswith(".")
+        ):
             clips.append(Path(dirpath))
     clips.sort(key=lambda p: _rel(p, base))
     items = [VideoItem(str(c), 0, "sky", "frames_dir", _rel(c, base)) for c in clips]
@@ -194,7 +212,9 @@ def manifest_layout(path: str | os.PathLike[str]) -> ItemList:
     """
     file = Path(path).resolve()
     if not file.is_file():
-        raise ValueError(f"--input {str(file)!r} is not a file; the 'manifest' layout needs a .csv or .jsonl file")
+        raise ValueError(
+            f"--input {str(file)!r} is not a file; the 'manifest' layout needs a .csv or .jsonl file"
+        )
     rows: list[tuple[str, int | str, str | None, str]] = []
     if file.suffix.lower() in (".jsonl", ".json"):
         for n, line in enumerate(_read_lines(file), 1):
@@ -212,7 +232,9 @@ def manifest_layout(path: str | os.PathLike[str]) -> ItemList:
             if reader.fieldnames is None or not {"path", "label"} <= set(reader.fieldnames):
                 raise ValueError(f"{file}: the CSV needs a header line with columns path,label[,class_name]")
             for n, rec in enumerate(reader, 2):
-                rows.append((rec["path"], _parse_label(rec["label"]), rec.get("class_name") or None, f"{file}:{n}"))
+                rows.append(
+                    (rec["path"], _parse_label(rec["label"]), rec.get("class_name") or None, f"{file}:{n}")
+                )
     kinds = {type(label) for _, label, _, _ in rows}
     if len(kinds) > 1:
         raise ValueError(f"{file}: labels mix integers and class names; use one or the other")

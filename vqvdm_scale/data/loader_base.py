@@ -230,10 +230,19 @@ class ResumableLoader:
         """The readers' description for the current state (what subclasses' datasets are built on)."""
         st = self._state
         return ReaderSpec(
-            urls=self.urls, rank=self.rank, world_size=self.world_size, seed=st.seed, epoch=st.epoch,
-            train=self.train, resampled=self.cfg.resampled and self.train, shuffle_buffer=self.cfg.shuffle_buffer,
-            batch_size=self.cfg.batch_size, drop_last=self.cfg.drop_last and self.train, reseed=st.reseed,
-            cursors=list(st.worker_cursors), worker_offset=st.next_worker,
+            urls=self.urls,
+            rank=self.rank,
+            world_size=self.world_size,
+            seed=st.seed,
+            epoch=st.epoch,
+            train=self.train,
+            resampled=self.cfg.resampled and self.train,
+            shuffle_buffer=self.cfg.shuffle_buffer,
+            batch_size=self.cfg.batch_size,
+            drop_last=self.cfg.drop_last and self.train,
+            reseed=st.reseed,
+            cursors=list(st.worker_cursors),
+            worker_offset=st.next_worker,
         )
 
     def _dataset(self) -> IterableDataset:
@@ -253,8 +262,12 @@ class ResumableLoader:
         # uninterrupted run's (the pipeline's own randomness is seeded from (seed, epoch, rank)).
         generator = torch.Generator().manual_seed(mix_seed(st.seed, st.epoch, self.rank))
         return DataLoader(
-            dataset, batch_size=None, num_workers=self.num_workers, pin_memory=self.cfg.pin_memory,
-            generator=generator, **extra,
+            dataset,
+            batch_size=None,
+            num_workers=self.num_workers,
+            pin_memory=self.cfg.pin_memory,
+            generator=generator,
+            **extra,
         )
 
     def _end_epoch(self) -> None:

@@ -75,8 +75,18 @@ __all__ = [
 
 FORMAT = "vqvdm-video-shards/1"
 # Parameters that change shard bytes; a shard written under different values is redone on a re-run.
-_PLAN_FIELDS = ("layout", "resolution", "shard_size", "storage", "min_frames", "max_frames",
-                "keep_partial", "frames_fps", "crf", "preset")
+_PLAN_FIELDS = (
+    "layout",
+    "resolution",
+    "shard_size",
+    "storage",
+    "min_frames",
+    "max_frames",
+    "keep_partial",
+    "frames_fps",
+    "crf",
+    "preset",
+)
 
 
 @dataclass
@@ -90,7 +100,9 @@ class ShardsConfig:
     resolution: int = 128  # short side of the stored frames (even: yuv420p)
     shard_size: int = 64  # videos per shard
     workers: int = 0  # processes; 0 or 1 = inline
-    storage: Literal["mp4", "npy"] = "mp4"  # mp4: H.264 re-encode (small); npy: raw uint8 frames (fast to read)
+    storage: Literal["mp4", "npy"] = (
+        "mp4"  # mp4: H.264 re-encode (small); npy: raw uint8 frames (fast to read)
+    )
     min_frames: int = 16  # videos shorter than one clip are skipped
     max_frames: Optional[int] = None  # keep at most this many leading frames (bounds memory on long videos)
     extensions: tuple[str, ...] = VIDEO_EXTENSIONS
@@ -202,7 +214,10 @@ def _complete_sidecar(fs: fsspec.AbstractFileSystem, root: str, task: _ShardTask
     """The sidecar of a finished shard that matches this plan, or None when the shard must be (re)written."""
     sources = [it.rel for it in task.items]
     return finished_sidecar(
-        fs, root, shard_name(task.index), _sidecar_name(task.index),
+        fs,
+        root,
+        shard_name(task.index),
+        _sidecar_name(task.index),
         lambda side: side.get("plan") == task.plan and side.get("sources") == sources,
     )
 
@@ -231,12 +246,23 @@ def _write_shard(task: _ShardTask) -> dict[str, Any]:
             writer.write(sample)
             count += 1
             if note is not None:
-                partial.append({"source": item.rel, "num_frames": json.loads(sample["json"])["num_frames"],
-                                "detail": note})
+                partial.append(
+                    {
+                        "source": item.rel,
+                        "num_frames": json.loads(sample["json"])["num_frames"],
+                        "detail": note,
+                    }
+                )
         writer.close()
     sidecar = {
-        "name": name, "count": count, "sha256": out.sha.hexdigest(), "bytes": out.size,
-        "skipped": skipped, "partial": partial, "sources": [it.rel for it in task.items], "plan": task.plan,
+        "name": name,
+        "count": count,
+        "sha256": out.sha.hexdigest(),
+        "bytes": out.size,
+        "skipped": skipped,
+        "partial": partial,
+        "sources": [it.rel for it in task.items],
+        "plan": task.plan,
     }
     publish_shard(fs, root, name, _sidecar_name(task.index), sidecar)
     return sidecar
@@ -264,7 +290,7 @@ def main(cfg: ShardsConfig) -> dict[str, Any]:
     plan = _plan_hash(cfg)
     size = cfg.shard_size
     tasks = [
-        _ShardTask(i, i * size, listing.items[i * size:(i + 1) * size], cfg, plan)
+        _ShardTask(i, i * size, listing.items[i * size : (i + 1) * size], cfg, plan)
         for i in range((len(listing.items) + size - 1) // size)
     ]
     sidecars: dict[int, dict[str, Any]] = {}
@@ -284,7 +310,7 @@ def main(cfg: ShardsConfig) -> dict[str, Any]:
     if workers > 1:
         with mp_context().Pool(workers) as pool:
             for sidecar in pool.imap_unordered(_write_shard, todo):
-                index = int(sidecar["name"][len("shard-"):-len(".tar")])
+                index = int(sidecar["name"][len("shard-") : -len(".tar")])
                 sidecars[index] = sidecar
                 bar.update(len(tasks[index].items))
     else:
@@ -296,12 +322,17 @@ def main(cfg: ShardsConfig) -> dict[str, Any]:
     remove_tmps(fs, root, [name for t in tasks for name in (shard_name(t.index), _sidecar_name(t.index))])
 
     ordered = [sidecars[t.index] for t in tasks]
-    skipped = [{"source": s["source"], "reason": s["reason"], "detail": s["detail"]}
-               for side in ordered for s in side["skipped"]]
+    skipped = [
+        {"source": s["source"], "reason": s["reason"], "detail": s["detail"]}
+        for side in ordered
+        for s in side["skipped"]
+    ]
     manifest: dict[str, Any] = {
         "format": FORMAT,
         "num_samples": sum(s["count"] for s in ordered),
-        "shards": [{"name": s["name"], "count": s["count"], "sha256": s["sha256"]} for s in ordered if s["count"]],
+        "shards": [
+            {"name": s["name"], "count": s["count"], "sha256": s["sha256"]} for s in ordered if s["count"]
+        ],
         "classes": listing.classes,
         "params": to_dict(cfg),
         "skipped": skipped,
@@ -317,5 +348,3 @@ def main(cfg: ShardsConfig) -> dict[str, Any]:
         flush=True,
     )
     return manifest
-
-

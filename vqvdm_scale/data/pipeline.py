@@ -40,8 +40,6 @@ __all__ = [
 ]
 
 
-
-
 def mix_seed(*values: int) -> int:
     """A 63-bit seed depending on every value; stable across processes and Python versions."""
     h = hashlib.blake2b(digest_size=8)

@@ -101,7 +101,11 @@ def publish_shard(
 
 
 def finished_sidecar(
-    fs: fsspec.AbstractFileSystem, root: str, name: str, sidecar_name: str, matches: Callable[[dict[str, Any]], bool]
+    fs: fsspec.AbstractFileSystem,
+    root: str,
+    name: str,
+    sidecar_name: str,
+    matches: Callable[[dict[str, Any]], bool],
 ) -> Optional[dict[str, Any]]:
     """The sidecar of a whole shard ``name`` whose sidecar ``matches`` the plan, or None if it must be (re)written.
 

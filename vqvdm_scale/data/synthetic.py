@@ -82,8 +82,12 @@ def make_synthetic_video(label: int, num_frames: int, size: int, rng: np.random.
     ramp = np.linspace(0.0, 1.0, size)[:, None, None]
     background = (top * (1 - ramp) + bottom * ramp) * np.ones((1, size, 1))
     direction = {
-        "right": (0.0, 1.0), "left": (0.0, -1.0), "down": (1.0, 0.0), "up": (-1.0, 0.0),
-        "diagonal": (0.7071, 0.7071), "antidiagonal": (0.7071, -0.7071),
+        "right": (0.0, 1.0),
+        "left": (0.0, -1.0),
+        "down": (1.0, 0.0),
+        "up": (-1.0, 0.0),
+        "diagonal": (0.7071, 0.7071),
+        "antidiagonal": (0.7071, -0.7071),
     }.get(motion, (0.0, 0.0))
     ys, xs = np.mgrid[0:size, 0:size].astype(np.float64)
     video = np.empty((num_frames, size, size, 3), np.uint8)
@@ -111,7 +115,9 @@ def write_synthetic_dataset(
 ) -> Path:
     """Write ``out_dir/<class>/video_XXXX.mp4`` for every class; same arguments -> same files. Returns out_dir."""
     if num_classes < 1 or videos_per_class < 1:
-        raise ValueError(f"need num_classes >= 1 and videos_per_class >= 1, got {num_classes}, {videos_per_class}")
+        raise ValueError(
+            f"need num_classes >= 1 and videos_per_class >= 1, got {num_classes}, {videos_per_class}"
+        )
     if size % 2:
         raise ValueError(f"size must be even (yuv420p mp4), got {size}")
     root = Path(out_dir)
@@ -140,9 +146,18 @@ def make_synthetic_shards(
 ) -> dict[str, Any]:
     """Write the synthetic dataset to a temporary folder and shard it with make_shards; returns the manifest."""
     with tempfile.TemporaryDirectory(prefix="vqvdm_synthetic_") as tmp:
-        root = write_synthetic_dataset(Path(tmp) / "synthetic", num_classes, videos_per_class, num_frames, size, seed)
+        root = write_synthetic_dataset(
+            Path(tmp) / "synthetic", num_classes, videos_per_class, num_frames, size, seed
+        )
         cfg = ShardsConfig(
-            input=str(root), output=output_url, layout="folder", resolution=resolution, shard_size=shard_size,
-            workers=workers, storage=storage, min_frames=min(16, num_frames), progress=False,
+            input=str(root),
+            output=output_url,
+            layout="folder",
+            resolution=resolution,
+            shard_size=shard_size,
+            workers=workers,
+            storage=storage,
+            min_frames=min(16, num_frames),
+            progress=False,
         )
         return main(cfg)

@@ -192,7 +192,8 @@ def list_frame_files(path: str | os.PathLike[str]) -> list[Path]:
     """Image files directly inside ``path``, in natural order (frame_2 before frame_10)."""
     folder = Path(path)
     files = [
-        p for p in folder.iterdir()
+        p
+        for p in folder.iterdir()
         if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
     ]
     return sorted(files, key=lambda p: _natural_key(p.name))

@@ -62,7 +62,9 @@ class TensorBoardLogger:
                 Summary.Value(
                     tag=tag,
                     image=Summary.Image(
-                        height=frames.shape[1], width=frames.shape[2], colorspace=3,
+                        height=frames.shape[1],
+                        width=frames.shape[2],
+                        colorspace=3,
                         encoded_image_string=gif_bytes(frames, fps),
                     ),
                 )

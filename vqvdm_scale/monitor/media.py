@@ -37,7 +37,12 @@ def gif_bytes(frames: np.ndarray, fps: float) -> bytes:
     images = [Image.fromarray(f) for f in frames]
     buf = io.BytesIO()
     images[0].save(
-        buf, format="GIF", save_all=True, append_images=images[1:], duration=max(20, int(1000 / max(fps, 1e-3))), loop=0
+        buf,
+        format="GIF",
+        save_all=True,
+        append_images=images[1:],
+        duration=max(20, int(1000 / max(fps, 1e-3))),
+        loop=0,
     )
     return buf.getvalue()
 

@@ -35,7 +35,9 @@ class EMA:
                         self.shadow[name].lerp_(p.detach().float().cpu(), 1.0 - self.decay)
         if self.holder:
             for name, b in module.named_buffers():
-                self.shadow[name] = b.detach().float().cpu().clone() if b.is_floating_point() else b.detach().cpu().clone()
+                self.shadow[name] = (
+                    b.detach().float().cpu().clone() if b.is_floating_point() else b.detach().cpu().clone()
+                )
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The shadow weights (empty on non-holder ranks)."""

@@ -77,7 +77,9 @@ class LDMRunConfig:
 def resolve_from_cache(cfg: LDMRunConfig) -> tuple[LDMRunConfig, dict[str, Any]]:
     """Check the cache against the tokenizer and fill model channels/classes from its manifest."""
     if not cfg.tokenizer:
-        raise ConfigError("tokenizer is not set: pass tokenizer=PATH/tokenizer.safetensors (the stage-1 export)")
+        raise ConfigError(
+            "tokenizer is not set: pass tokenizer=PATH/tokenizer.safetensors (the stage-1 export)"
+        )
     if not cfg.data.train_latents:
         raise ConfigError("data.train_latents is not set: pass the encode_latents.py output dir")
     manifest = read_latent_manifest(cfg.data.train_latents)
@@ -85,7 +87,9 @@ def resolve_from_cache(cfg: LDMRunConfig) -> tuple[LDMRunConfig, dict[str, Any]]
     channels = int(manifest["latent_shape"][0])
     classes = list(manifest.get("classes") or [])
     model = dataclasses.replace(
-        cfg.model, in_channels=channels, out_channels=None,
+        cfg.model,
+        in_channels=channels,
+        out_channels=None,
         num_classes=len(classes) if cfg.class_conditional else 0,
     )
     return dataclasses.replace(cfg, model=model), manifest
@@ -126,7 +130,10 @@ class LDMTrainer(Trainer):
         """The latent loader of this rank (refuses a cache made by another tokenizer)."""
         data = dataclasses.replace(self.cfg.data, batch_size=self.cfg.train.micro_batch_size)
         return build_latent_loader(
-            data, rank=self.rank, world_size=self.world_size, tokenizer_fingerprint=self.fingerprint,
+            data,
+            rank=self.rank,
+            world_size=self.world_size,
+            tokenizer_fingerprint=self.fingerprint,
             codebook=self.tokenizer.quantizer.codes() if self.manifest.get("store") == "indices" else None,
             state=LoaderState.from_dict(state) if state else None,
         )
@@ -142,7 +149,10 @@ class LDMTrainer(Trainer):
         return cond
 
     def _net_call(self, z_t: torch.Tensor, t: torch.Tensor, **kw: Any) -> torch.Tensor:
-        kw = {k: (v.to(self.dtype) if torch.is_tensor(v) and v.is_floating_point() else v) for k, v in kw.items()}
+        kw = {
+            k: (v.to(self.dtype) if torch.is_tensor(v) and v.is_floating_point() else v)
+            for k, v in kw.items()
+        }
         return self.forward(z_t.to(self.dtype), t, **kw)
 
     def micro_step(self, batch: dict[str, Any]) -> dict[str, float] | None:
@@ -215,7 +225,13 @@ class LDMTrainer(Trainer):
         d = latest_checkpoint(self.ckpt_dir)
         if is_main() and d is not None:
             save_ema(
-                d / EMA_FILE, weights, self.cfg.model, self.cfg.diffusion, self.spec, self.fingerprint, self.step,
+                d / EMA_FILE,
+                weights,
+                self.cfg.model,
+                self.cfg.diffusion,
+                self.spec,
+                self.fingerprint,
+                self.step,
                 list(self.manifest.get("classes") or []),
             )
         barrier()
@@ -233,7 +249,14 @@ class LDMTrainer(Trainer):
         k = max(1, self.cfg.model.num_classes)
         labels = torch.arange(n) % k
         g = torch.Generator().manual_seed(self.cfg.sample.seed)
-        z = generate_latents(net, self.diffusion, self.spec, labels, dataclasses.replace(self.cfg.sample, num_clips=1), generator=g)
+        z = generate_latents(
+            net,
+            self.diffusion,
+            self.spec,
+            labels,
+            dataclasses.replace(self.cfg.sample, num_clips=1),
+            generator=g,
+        )
         video = decode_latents(self.tokenizer, z, self.spec, self.cfg.sample.quantize)
         self.logger.video("samples/class_conditional", video, step, fps=self.spec.fps)
 

@@ -113,13 +113,17 @@ class Trainer(ABC):
     # ---- shared machinery ------------------------------------------------------------------------
     def nonfinite(self, loss: torch.Tensor) -> bool:
         """True (on every rank) when the loss is NaN/Inf on any rank; counts and enforces the limit."""
-        bad = any_rank_true(not bool(torch.isfinite(loss.detach()).all()), self.device if self.device.type == "cuda" else None)
+        bad = any_rank_true(
+            not bool(torch.isfinite(loss.detach()).all()), self.device if self.device.type == "cuda" else None
+        )
         if not bad:
             self._nonfinite_streak = 0
             return False
         self.nonfinite_total += 1
         self._nonfinite_streak += 1
-        print0(f"step {self.step}: non-finite loss, step skipped on every rank ({self._nonfinite_streak} in a row)")
+        print0(
+            f"step {self.step}: non-finite loss, step skipped on every rank ({self._nonfinite_streak} in a row)"
+        )
         if self._nonfinite_streak >= self.run_cfg.max_nonfinite:
             raise NonFiniteLossError(
                 f"{self._nonfinite_streak} non-finite losses in a row at step {self.step}: lower train.optim.lr, "
@@ -171,12 +175,24 @@ class Trainer(ABC):
             return self.run_dir
         if self.step == 0 and is_main():
             self.logger.text("config", "```\n" + json.dumps(to_dict(self.cfg), indent=2) + "\n```", 0)
-        print0(f"[{self.stage}] {self.world_size} rank(s) on {self.device}, steps {self.step}->{max_steps}, run dir {self.run_dir}")
+        print0(
+            f"[{self.stage}] {self.world_size} rank(s) on {self.device}, steps {self.step}->{max_steps}, run dir {self.run_dir}"
+        )
         batches = self._batches()
         timer = StepTimer()
         flops_step: float | None = None  # counted once, on the first batch of this invocation
-        stop_at = max_steps if self.run_cfg.stop_after is None else min(max_steps, self.step + self.run_cfg.stop_after)
-        bar = tqdm(total=max_steps, initial=self.step, disable=not (is_main() and self.run_cfg.progress), desc=self.stage, dynamic_ncols=True)
+        stop_at = (
+            max_steps
+            if self.run_cfg.stop_after is None
+            else min(max_steps, self.step + self.run_cfg.stop_after)
+        )
+        bar = tqdm(
+            total=max_steps,
+            initial=self.step,
+            disable=not (is_main() and self.run_cfg.progress),
+            desc=self.stage,
+            dynamic_ncols=True,
+        )
         last_logs: dict[str, float] = {}
         while self.step < stop_at:
             done = 0
@@ -211,7 +227,9 @@ class Trainer(ABC):
                 values.update(self.extra_scalars())
                 self.logger.scalars(values, self.step)
                 main_loss = logs_acc.get("loss", next(iter(logs_acc.values()), math.nan))
-                bar.set_postfix_str(f"loss {main_loss:.4f} | {perf['perf/samples_per_s']:.1f} samples/s | data {perf['perf/data_wait_pct']:.0f}%")
+                bar.set_postfix_str(
+                    f"loss {main_loss:.4f} | {perf['perf/samples_per_s']:.1f} samples/s | data {perf['perf/data_wait_pct']:.0f}%"
+                )
                 timer.reset()
             bar.update(1)
             if self.run_cfg.media_every and self.step % self.run_cfg.media_every == 0:
@@ -221,11 +239,16 @@ class Trainer(ABC):
                 self.save()
         bar.close()
         if self.step < max_steps:
-            print0(f"[{self.stage}] stopped at step {self.step} (run.stop_after); re-run the same command to resume")
+            print0(
+                f"[{self.stage}] stopped at step {self.step} (run.stop_after); re-run the same command to resume"
+            )
             self.logger.close()
             barrier()
             return self.run_dir
-        print0(f"[{self.stage}] done at step {self.step}; last losses: " + ", ".join(f"{k}={v:.4f}" for k, v in list(last_logs.items())[:6]))
+        print0(
+            f"[{self.stage}] done at step {self.step}; last losses: "
+            + ", ".join(f"{k}={v:.4f}" for k, v in list(last_logs.items())[:6])
+        )
         self.finish()
         self.logger.close()
         barrier()

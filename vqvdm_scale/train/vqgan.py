@@ -36,7 +36,6 @@ from vqvdm_scale.train.loop import Trainer
 register_presets(TokenizerConfig, tokenizer_preset)  # lets YAML say model: {preset: tiny}
 
 
-
 @dataclass
 class VQGANRunConfig:
     """Everything ``launchers/train_vqgan.py`` reads.
@@ -103,7 +102,10 @@ class VQGANTrainer(Trainer):
         """The clip loader of this rank, resumed from ``state``."""
         data = dataclasses.replace(self.cfg.data, batch_size=self.cfg.train.micro_batch_size)
         return build_clip_loader(
-            data, rank=self.rank, world_size=self.world_size, train=True,
+            data,
+            rank=self.rank,
+            world_size=self.world_size,
+            train=True,
             state=LoaderState.from_dict(state) if state else None,
         )
 
@@ -167,7 +169,8 @@ class VQGANTrainer(Trainer):
         self.model.train(was_training)
         x, rec = self.heldout.float(), x_rec.float()
         self.logger.scalars(
-            {"eval/psnr": psnr(x, rec), "eval/ssim": ssim(x, rec), "eval/perplexity": float(qout.perplexity)}, step
+            {"eval/psnr": psnr(x, rec), "eval/ssim": ssim(x, rec), "eval/perplexity": float(qout.perplexity)},
+            step,
         )
         self.logger.video("eval/input_vs_reconstruction", torch.cat([x, rec], dim=-1), step, fps=8.0)
 
