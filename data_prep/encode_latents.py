@@ -1,4 +1,4 @@
-"""Video shards -> latent shards + manifest.json with an exported tokenizer (see vqvdm_scale.data.encode_latents).
+"""Video shards -> latent shards + manifest.json with an exported tokenizer (see vqvdm_scale.prep.encode_latents).
 
     python data_prep/encode_latents.py --tokenizer runs/vqgan/tokenizer.safetensors --input s3://b/ucf-128 \
         --output s3://b/ucf-128-latents --windows all --batch-size 16 --workers 4
@@ -7,7 +7,7 @@
 
 import argparse
 
-from vqvdm_scale.data.encode_latents import EncodeConfig, main
+from vqvdm_scale.prep.encode_latents import EncodeConfig, main
 
 
 def cli() -> None:

@@ -1,4 +1,4 @@
-"""Raw videos -> WebDataset tar shards + manifest.json (see vqvdm_scale.data.make_shards for the contract).
+"""Raw videos -> WebDataset tar shards + manifest.json (see vqvdm_scale.prep.make_shards for the contract).
 
     python data_prep/make_shards.py --input /data/UCF-101 --output s3://bucket/ucf101-128 --layout ucf101 \
         --split-file /data/ucfTrainTestlist/trainlist01.txt --workers 16
@@ -7,8 +7,8 @@
 
 import argparse
 
-from vqvdm_scale.data.make_shards import ShardsConfig, main
 from vqvdm_scale.data.synthetic import write_synthetic_dataset
+from vqvdm_scale.prep.make_shards import ShardsConfig, main
 
 
 def cli() -> None:

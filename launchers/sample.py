@@ -7,8 +7,8 @@
 
 import argparse
 
-from vqvdm_scale.sample_run import SampleRunConfig, main
-from vqvdm_scale.sampling import SampleConfig
+from vqvdm_scale.sample.api import SampleConfig
+from vqvdm_scale.sample.main import SampleRunConfig, main
 
 
 def cli() -> None:

@@ -33,10 +33,11 @@ def tiny_latent_cache(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Pat
     The tokenizer is the real tiny-preset network with random weights (no training), which is all a
     stage-2 plumbing test needs: the cache is still a faithful encoding of the clips by that tokenizer.
     """
-    from vqvdm_scale.data.encode_latents import EncodeConfig
-    from vqvdm_scale.data.encode_latents import main as encode_main
-    from vqvdm_scale.data.synthetic import make_synthetic_shards
-    from vqvdm_scale.models.tokenizer import VQTokenizer, export_tokenizer, tokenizer_preset
+    from vqvdm_scale.formats.tokenizer_export import export_tokenizer
+    from vqvdm_scale.models.tokenizer import VQTokenizer, tokenizer_preset
+    from vqvdm_scale.prep.encode_latents import EncodeConfig
+    from vqvdm_scale.prep.encode_latents import main as encode_main
+    from vqvdm_scale.prep.synthetic import make_synthetic_shards
 
     root = tmp_path_factory.mktemp("tiny_cache")
     make_synthetic_shards(

@@ -23,18 +23,18 @@ import torch
 
 from vqvdm_scale.config import ConfigError, load_config
 from vqvdm_scale.data import ClipLoaderConfig, build_clip_loader
-from vqvdm_scale.data.encode_latents import EncodeConfig
-from vqvdm_scale.data.encode_latents import main as encode_main
-from vqvdm_scale.data.make_shards import ShardsConfig
-from vqvdm_scale.data.make_shards import main as shards_main
 from vqvdm_scale.data.synthetic import write_synthetic_dataset
-from vqvdm_scale.dist.env import init_distributed, is_main, print0
-from vqvdm_scale.eval.recon import psnr
-from vqvdm_scale.eval.synthetic_check import class_accuracy
-from vqvdm_scale.models.tokenizer import load_tokenizer
-from vqvdm_scale.sample_run import SampleRunConfig
-from vqvdm_scale.sample_run import main as sample_main
-from vqvdm_scale.sampling import SampleConfig
+from vqvdm_scale.engine.env import init_distributed, is_main, print0
+from vqvdm_scale.formats.tokenizer_export import load_tokenizer
+from vqvdm_scale.metrics.recon import psnr
+from vqvdm_scale.metrics.synthetic_check import class_accuracy
+from vqvdm_scale.prep.encode_latents import EncodeConfig
+from vqvdm_scale.prep.encode_latents import main as encode_main
+from vqvdm_scale.prep.make_shards import ShardsConfig
+from vqvdm_scale.prep.make_shards import main as shards_main
+from vqvdm_scale.sample.api import SampleConfig
+from vqvdm_scale.sample.main import SampleRunConfig
+from vqvdm_scale.sample.main import main as sample_main
 from vqvdm_scale.train import ldm, vqgan
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"

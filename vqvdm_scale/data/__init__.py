@@ -1,6 +1,6 @@
 """Shard URLs, video clip and latent loading, and loader state (PyAV is imported only when an mp4 is decoded)."""
 
-from vqvdm_scale.data.clip_loader import (
+from vqvdm_scale.data.clips import (
     ClipLoader,
     ClipLoaderConfig,
     ErrorCounter,
@@ -9,7 +9,7 @@ from vqvdm_scale.data.clip_loader import (
     eval_windows,
     shard_sample_pipeline,
 )
-from vqvdm_scale.data.latent_loader import (
+from vqvdm_scale.data.latents import (
     LatentLoader,
     LatentLoaderConfig,
     build_latent_loader,
@@ -17,7 +17,8 @@ from vqvdm_scale.data.latent_loader import (
     latent_stats,
     read_latent_manifest,
 )
-from vqvdm_scale.data.urls import open_url, read_manifest, resolve_shards
+from vqvdm_scale.data.urls import resolve_shards
+from vqvdm_scale.formats.fs import open_url, read_manifest
 
 __all__ = [
     "ClipLoader",

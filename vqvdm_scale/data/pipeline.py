@@ -25,7 +25,7 @@ import webdataset as wds
 from torch.utils.data import get_worker_info
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
-from vqvdm_scale.data.urls import open_url
+from vqvdm_scale.formats.fs import open_url
 
 log = logging.getLogger(__name__)
 

@@ -8,13 +8,10 @@ files into class folders so they go through the same make_shards path (layout=fo
 from __future__ import annotations
 
 import colorsys
-import tempfile
 from pathlib import Path
-from typing import Any, Literal
 
 import numpy as np
 
-from vqvdm_scale.data.make_shards import ShardsConfig, main
 from vqvdm_scale.data.video_io import encode_mp4
 
 # (shape, motion) of classes 0..7; class k >= 8 reuses entry k % 8 with another colour.
@@ -130,34 +127,3 @@ def write_synthetic_dataset(
             frames = make_synthetic_video(label, num_frames, size, rng)
             (folder / f"video_{i:04d}.mp4").write_bytes(encode_mp4(frames, SYNTHETIC_FPS))
     return root
-
-
-def make_synthetic_shards(
-    output_url: str,
-    num_classes: int = 4,
-    videos_per_class: int = 8,
-    num_frames: int = 24,
-    size: int = 64,
-    resolution: int = 64,
-    shard_size: int = 16,
-    seed: int = 0,
-    storage: Literal["mp4", "npy"] = "mp4",
-    workers: int = 0,
-) -> dict[str, Any]:
-    """Write the synthetic dataset to a temporary folder and shard it with make_shards; returns the manifest."""
-    with tempfile.TemporaryDirectory(prefix="vqvdm_synthetic_") as tmp:
-        root = write_synthetic_dataset(
-            Path(tmp) / "synthetic", num_classes, videos_per_class, num_frames, size, seed
-        )
-        cfg = ShardsConfig(
-            input=str(root),
-            output=output_url,
-            layout="folder",
-            resolution=resolution,
-            shard_size=shard_size,
-            workers=workers,
-            storage=storage,
-            min_frames=min(16, num_frames),
-            progress=False,
-        )
-        return main(cfg)

@@ -13,46 +13,13 @@ object stores (``s3://`` needs ``pip install s3fs``, ``gs://`` needs ``gcsfs``).
 
 from __future__ import annotations
 
-import json
 import posixpath
 from collections.abc import Sequence
-from typing import IO, Any
 
 import braceexpand
-import fsspec
 from fsspec.core import url_to_fs
 
-MANIFEST_NAME = "manifest.json"
-
-_FORMS = "expected a directory with manifest.json, a brace pattern, or a list"
-
-
-def open_url(url: str, mode: str = "rb") -> IO[Any]:
-    """Open ``url`` (local path or any fsspec URL) and return the open file object; the caller closes it."""
-    try:
-        return fsspec.open(url, mode).open()
-    except ImportError as e:  # e.g. s3:// without s3fs installed
-        raise ValueError(f"cannot open {url}: {e}. Install the fsspec backend for this protocol") from e
-
-
-def join_url(dir_url: str, name: str) -> str:
-    """``dir_url/name`` without doubling the slash (works for local paths and ``proto://`` URLs)."""
-    return dir_url.rstrip("/") + "/" + name
-
-
-def read_manifest(dir_url: str) -> dict[str, Any]:
-    """Load ``dir_url/manifest.json`` (a shard directory's manifest) as a dict; ValueError if absent/bad."""
-    url = join_url(dir_url, MANIFEST_NAME)
-    try:
-        with open_url(url, "rb") as f:
-            manifest = json.loads(f.read().decode("utf-8"))
-    except FileNotFoundError as e:
-        raise ValueError(f"no {MANIFEST_NAME} at {dir_url}: {_FORMS}") from e
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{url} is not valid JSON ({e}); re-run the shard writer") from e
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("shards"), list):
-        raise ValueError(f"{url} has no 'shards' list; it is not a shard manifest")
-    return manifest
+from vqvdm_scale.formats.fs import MANIFEST_NAME, SHARD_SPEC_FORMS, join_url, read_manifest
 
 
 def _split_list(spec: str) -> list[str]:
@@ -120,7 +87,7 @@ def _resolve_one(spec: str) -> list[str]:
         if posixpath.basename(path) == MANIFEST_NAME:
             return _manifest_shards(posixpath.dirname(spec.rstrip("/")) or ".")
         return [spec]
-    raise ValueError(f"no shards found at {spec}: {_FORMS}")
+    raise ValueError(f"no shards found at {spec}: {SHARD_SPEC_FORMS}")
 
 
 def resolve_shards(spec: str | Sequence[str]) -> list[str]:
@@ -132,7 +99,7 @@ def resolve_shards(spec: str | Sequence[str]) -> list[str]:
         if len(items) != len(list(spec)):
             raise ValueError(f"shard list {list(spec)!r} contains empty or non-string entries")
     if not items:
-        raise ValueError(f"no shards found at {spec!r}: {_FORMS}")
+        raise ValueError(f"no shards found at {spec!r}: {SHARD_SPEC_FORMS}")
     urls: list[str] = []
     for item in items:
         urls.extend(_resolve_one(item))

@@ -14,8 +14,8 @@ from typing import Any
 import torch
 
 from vqvdm_scale.config.core import ConfigError, register_presets
-from vqvdm_scale.data.clip_loader import LoaderState
-from vqvdm_scale.data.latent_loader import (
+from vqvdm_scale.data.clips import LoaderState
+from vqvdm_scale.data.latents import (
     LatentLoaderConfig,
     build_latent_loader,
     check_fingerprint,
@@ -23,14 +23,16 @@ from vqvdm_scale.data.latent_loader import (
     read_latent_manifest,
 )
 from vqvdm_scale.diffusion import DiffusionConfig, DiffusionLoss, GaussianDiffusion
-from vqvdm_scale.dist.checkpoint import latest_checkpoint
-from vqvdm_scale.dist.engine import build_engine, full_state_dict
-from vqvdm_scale.dist.env import barrier, is_main, print0
-from vqvdm_scale.models.tokenizer import load_tokenizer, read_fingerprint
-from vqvdm_scale.models.unet3d import UNet3D, UNetConfig
-from vqvdm_scale.models.unet_presets import unet_preset
+from vqvdm_scale.engine.checkpoint import latest_checkpoint
+from vqvdm_scale.engine.config import TrainConfig
+from vqvdm_scale.engine.deepspeed_engine import build_engine, full_state_dict
+from vqvdm_scale.engine.ema import EMA
+from vqvdm_scale.engine.env import barrier, is_main, print0
+from vqvdm_scale.formats.tokenizer_export import load_tokenizer, read_fingerprint
+from vqvdm_scale.models.unet.model import UNet3D, UNetConfig
+from vqvdm_scale.models.unet.presets import unet_preset
 from vqvdm_scale.monitor.meters import count_flops
-from vqvdm_scale.sampling import (
+from vqvdm_scale.sample.api import (
     EMA_FILE,
     LatentSpec,
     SampleConfig,
@@ -38,8 +40,7 @@ from vqvdm_scale.sampling import (
     generate_latents,
     save_ema,
 )
-from vqvdm_scale.train.config import RunConfig, TrainConfig
-from vqvdm_scale.train.ema import EMA
+from vqvdm_scale.train.config import RunConfig
 from vqvdm_scale.train.loop import Trainer
 
 register_presets(UNetConfig, lambda name: unet_preset(name))  # lets YAML say model: {preset: tiny}

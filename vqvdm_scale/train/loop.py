@@ -20,9 +20,10 @@ import torch
 from tqdm import tqdm
 
 from vqvdm_scale.config import dump_config, to_dict
-from vqvdm_scale.dist.checkpoint import load_checkpoint, save_checkpoint
-from vqvdm_scale.dist.engine import deepspeed_config
-from vqvdm_scale.dist.env import (
+from vqvdm_scale.engine.checkpoint import load_checkpoint, save_checkpoint
+from vqvdm_scale.engine.config import TrainConfig
+from vqvdm_scale.engine.deepspeed_engine import deepspeed_config
+from vqvdm_scale.engine.env import (
     any_rank_true,
     barrier,
     init_distributed,
@@ -35,7 +36,7 @@ from vqvdm_scale.dist.env import (
 )
 from vqvdm_scale.monitor.logger import Logger, make_logger
 from vqvdm_scale.monitor.meters import StepTimer, peak_memory_gib
-from vqvdm_scale.train.config import RunConfig, TrainConfig
+from vqvdm_scale.train.config import RunConfig
 
 
 class NonFiniteLossError(RuntimeError):

@@ -17,20 +17,21 @@ import torch
 
 from vqvdm_scale.config.core import ConfigError, register_presets
 from vqvdm_scale.data import ClipLoaderConfig, LoaderState, build_clip_loader
-from vqvdm_scale.dist.engine import build_engine, full_state_dict
-from vqvdm_scale.dist.env import barrier, is_main, print0
-from vqvdm_scale.eval.recon import psnr, ssim
+from vqvdm_scale.engine.config import TrainConfig
+from vqvdm_scale.engine.deepspeed_engine import build_engine, full_state_dict
+from vqvdm_scale.engine.ema import EMA
+from vqvdm_scale.engine.env import barrier, is_main, print0
+from vqvdm_scale.formats.tokenizer_export import export_tokenizer
 from vqvdm_scale.losses.vqgan_loss import VQGANLoss, VQGANLossConfig
+from vqvdm_scale.metrics.recon import psnr, ssim
 from vqvdm_scale.models.tokenizer import (
     DiscriminatorConfig,
     Discriminators,
     TokenizerConfig,
     VQTokenizer,
-    export_tokenizer,
     tokenizer_preset,
 )
-from vqvdm_scale.train.config import RunConfig, TrainConfig
-from vqvdm_scale.train.ema import EMA
+from vqvdm_scale.train.config import RunConfig
 from vqvdm_scale.train.loop import Trainer
 
 register_presets(TokenizerConfig, tokenizer_preset)  # lets YAML say model: {preset: tiny}

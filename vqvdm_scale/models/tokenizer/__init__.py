@@ -1,4 +1,4 @@
-"""Stage-1 3D VQGAN tokenizer: config, presets, encoder/quantizer/decoder, discriminators, export."""
+"""Stage-1 3D VQGAN tokenizer: config, presets, encoder/quantizer/decoder, discriminators (the export lives in vqvdm_scale.formats)."""
 
 from vqvdm_scale.models.tokenizer.config import TokenizerConfig
 from vqvdm_scale.models.tokenizer.discriminator import (
@@ -8,7 +8,6 @@ from vqvdm_scale.models.tokenizer.discriminator import (
     FrameDiscriminator2d,
     VideoDiscriminator3d,
 )
-from vqvdm_scale.models.tokenizer.export import export_tokenizer, load_tokenizer, read_fingerprint
 from vqvdm_scale.models.tokenizer.presets import TOKENIZER_PRESETS, tokenizer_preset
 from vqvdm_scale.models.tokenizer.quantizer import QuantizerOutput, VectorQuantizer
 from vqvdm_scale.models.tokenizer.vqgan import VQTokenizer
@@ -24,8 +23,5 @@ __all__ = [
     "VQTokenizer",
     "VectorQuantizer",
     "VideoDiscriminator3d",
-    "export_tokenizer",
-    "load_tokenizer",
-    "read_fingerprint",
     "tokenizer_preset",
 ]

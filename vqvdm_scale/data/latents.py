@@ -1,0 +1,377 @@
+"""Stage-2 batches from latent shards (written by data_prep/encode_latents.py); no pixel is decoded here.
+
+The pipeline is the clip loader's (:func:`~vqvdm_scale.data.pipeline.shard_sample_pipeline`: seeded
+shuffle or resampled shards, explicit rank/worker split, counted-not-raised tar errors, shuffle buffer,
+exact resume through :class:`~vqvdm_scale.data.loader.LoaderState`) with a latent decode in place of
+the video decode:
+
+    npy (codebook indices int16/int32 [t, h, w]  |  quantised latents fp16 [D, t, h, w])
+      -> indices: look up the codebook [K, D] (the tokenizer's ``quantizer.codes()``) -> z_q [D, t, h, w]
+      -> (z_q - mean) / std per channel (the manifest's statistics over the whole cache, EDM2-style:
+         raw latents are stored, normalisation happens at load)
+      -> batch {"latent": [B, D, t, h, w] float32, "label": [B] int64, "fps": [B] float32, "key": list[str]}
+
+Why a codebook tensor and not a ``lookup`` callable: a tensor pickles into spawn/forkserver workers and
+can be checked against the cache (the manifest records the sha256 of the codes it was encoded with, so
+passing ``quantizer.codebook`` instead of the l2-normalised ``quantizer.codes()`` is caught).
+
+The latent manifest's tokenizer fingerprint must equal the fingerprint of the tokenizer the run decodes
+with, else :func:`build_latent_loader` raises. This module imports neither PyAV nor the video decoder.
+
+Not implemented: a ``previous_clip`` context (the previous window of the same video) - it needs a
+key-addressed lookup across shards, which a streaming tar pipeline does not give cheaply.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import posixpath
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import IterableDataset
+
+from vqvdm_scale.config.core import ConfigError
+from vqvdm_scale.data.loader import (
+    Batch,
+    LoaderState,
+    ReaderSpec,
+    ResumableLoader,
+    StreamConfig,
+    collate_batch,
+)
+from vqvdm_scale.data.pipeline import (
+    check_enough_shards,
+)
+from vqvdm_scale.data.urls import resolve_shards
+from vqvdm_scale.formats.fs import read_manifest
+
+LATENT_FORMAT = "vqvdm-latent-shards/1"
+STD_FLOOR = 1e-6  # a constant channel (one code used) normalises to 0 instead of dividing by 0
+
+__all__ = [
+    "LATENT_FORMAT",
+    "LatentLoader",
+    "LatentLoaderConfig",
+    "build_latent_loader",
+    "codebook_sha256",
+    "denormalize",
+    "latent_stats",
+    "normalize",
+    "read_latent_manifest",
+    "stats_from_sums",
+]
+
+
+# ----------------------------------------------------------------------------------------------- config
+
+
+@dataclass
+class LatentLoaderConfig(StreamConfig):
+    """Where the latent shards are (stage 2's data config), plus the shared stream options."""
+
+    train_latents: str = ""  # latent dir with manifest.json, brace pattern, or comma-separated list
+
+
+# ------------------------------------------------------------------------------------- manifest helpers
+
+
+def stats_from_sums(
+    positions: int, sums: Sequence[float], sumsqs: Sequence[float]
+) -> tuple[list[float], list[float]]:
+    """Per-channel (mean, std) from a count and per-channel sums / sums of squares (population std)."""
+    if positions <= 0:
+        raise ValueError("no latent positions were encoded: the cache is empty, so it has no statistics")
+    mean = [s / positions for s in sums]
+    std = [
+        max(math.sqrt(max(q / positions - m * m, 0.0)), STD_FLOOR) for q, m in zip(sumsqs, mean, strict=True)
+    ]
+    return mean, std
+
+
+def codebook_sha256(codebook: Tensor) -> str:
+    """sha256 of a ``[K, D]`` codebook's fp32 bytes (what the cache's indices refer to)."""
+    t = codebook.detach().to("cpu", torch.float32).contiguous()
+    return hashlib.sha256(t.reshape(-1).view(torch.uint8).numpy().tobytes()).hexdigest()
+
+
+def latent_stats(manifest: dict[str, Any]) -> tuple[Tensor, Tensor]:
+    """Per-channel ``(mean, std)`` float32 ``[D]`` of the cached (dequantised) latents."""
+    stats = manifest.get("stats")
+    if not isinstance(stats, dict) or "mean" not in stats or "std" not in stats:
+        raise ValueError("the latent manifest has no 'stats' with mean/std; re-run encode_latents")
+    return torch.tensor(stats["mean"], dtype=torch.float32), torch.tensor(stats["std"], dtype=torch.float32)
+
+
+def _channel_view(v: Tensor, z: Tensor) -> Tensor:
+    # channels sit at dim -4 of both [D, t, h, w] and [B, D, t, h, w]
+    return v.to(z.device, z.dtype).view(-1, 1, 1, 1)
+
+
+def normalize(z: Tensor, manifest: dict[str, Any]) -> Tensor:
+    """``(z_q - mean) / std`` per channel, for ``[D, t, h, w]`` or ``[B, D, t, h, w]``."""
+    mean, std = latent_stats(manifest)
+    return (z - _channel_view(mean, z)) / _channel_view(std, z)
+
+
+def denormalize(z: Tensor, manifest: dict[str, Any]) -> Tensor:
+    """``z * std + mean`` per channel: the tokenizer's quantised latent z_q, ready for ``tokenizer.decode``."""
+    mean, std = latent_stats(manifest)
+    return z * _channel_view(std, z) + _channel_view(mean, z)
+
+
+_SAME_KEYS = (
+    "fingerprint",
+    "store",
+    "dtype",
+    "latent_shape",
+    "sample_shape",
+    "codebook_size",
+    "codebook_sha256",
+)
+
+
+def read_latent_manifest(spec: str | Sequence[str]) -> dict[str, Any]:
+    """The latent manifest of a shard spec (dir, brace pattern, list); several caches are merged.
+
+    Shards named by pattern or list are matched to the ``manifest.json`` beside them. Caches from several
+    directories must agree on tokenizer, store and shape; their statistics are pooled from the sums.
+    """
+    urls = resolve_shards(spec)
+    dirs = list(dict.fromkeys(posixpath.dirname(u) or "." for u in urls))
+    manifests = []
+    for d in dirs:
+        m = read_manifest(d)
+        if m.get("format") != LATENT_FORMAT:
+            raise ValueError(
+                f"{d}/manifest.json has format {m.get('format')!r}, not {LATENT_FORMAT!r}: these are not latent "
+                "shards (video shards go to the clip loader; encode them with data_prep/encode_latents.py)"
+            )
+        manifests.append(m)
+    first = manifests[0]
+    if len(manifests) == 1:
+        return first
+    for d, m in zip(dirs[1:], manifests[1:], strict=True):
+        diff = [k for k in _SAME_KEYS if m.get(k) != first.get(k)]
+        if diff:
+            raise ValueError(
+                f"latent caches {dirs[0]} and {d} differ in {diff}; encode both with the same tokenizer and options"
+            )
+    positions = sum(int(m["stats"]["positions"]) for m in manifests)
+    sums = [sum(vals) for vals in zip(*(m["stats"]["sum"] for m in manifests), strict=True)]
+    sumsqs = [sum(vals) for vals in zip(*(m["stats"]["sumsq"] for m in manifests), strict=True)]
+    mean, std = stats_from_sums(positions, sums, sumsqs)
+    merged = dict(first)
+    merged["stats"] = {"positions": positions, "sum": sums, "sumsq": sumsqs, "mean": mean, "std": std}
+    merged["num_samples"] = sum(int(m.get("num_samples", 0)) for m in manifests)
+    merged["sources"] = dirs
+    return merged
+
+
+def check_fingerprint(
+    manifest: dict[str, Any], tokenizer_fingerprint: Optional[str], where: str = ""
+) -> None:
+    """ValueError unless the cache was encoded by the tokenizer with ``tokenizer_fingerprint``."""
+    cached = manifest.get("fingerprint")
+    if tokenizer_fingerprint is None:
+        warnings.warn(
+            "no tokenizer fingerprint given: the latent cache is used without checking which tokenizer made it",
+            stacklevel=3,
+        )
+        return
+    if cached != tokenizer_fingerprint:
+        raise ValueError(
+            f"latent cache{f' {where}' if where else ''} was encoded with tokenizer fingerprint {str(cached)[:16]}... "
+            f"(from {manifest.get('tokenizer_path')!r}) but this run decodes with {tokenizer_fingerprint[:16]}...: "
+            "re-run data_prep/encode_latents.py with this tokenizer, or pass the tokenizer the cache was made with"
+        )
+
+
+# ------------------------------------------------------------------------------------------- the decode
+
+
+class _LatentDecode:
+    """Picklable per-sample decode: npy -> normalised float32 ``[D, t, h, w]`` (+ label, fps, key)."""
+
+    def __init__(self, manifest: dict[str, Any], codebook: Optional[Tensor]) -> None:
+        self.store = str(manifest["store"])
+        self.sample_shape = tuple(int(s) for s in manifest["sample_shape"])
+        self.dtype = np.dtype(str(manifest["dtype"]))
+        self.codebook = None if codebook is None else codebook.detach().to("cpu", torch.float32).contiguous()
+        mean, std = latent_stats(manifest)
+        self.mean, self.inv_std = mean.view(-1, 1, 1, 1), (1.0 / std).view(-1, 1, 1, 1)
+
+    def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
+        key = sample.get("__key__", "?")
+        arr = np.load(io.BytesIO(sample["npy"]), allow_pickle=False)
+        if arr.dtype != self.dtype or tuple(arr.shape) != self.sample_shape:
+            raise ValueError(
+                f"latent sample {key}: npy is {arr.dtype} {arr.shape}, manifest says {self.dtype} {self.sample_shape}"
+            )
+        if self.store == "indices":
+            assert self.codebook is not None  # checked when the loader was built
+            idx = torch.from_numpy(arr.astype(np.int64))
+            if int(idx.min()) < 0 or int(idx.max()) >= self.codebook.shape[0]:
+                raise ValueError(f"latent sample {key}: code index outside [0, {self.codebook.shape[0]})")
+            z = F.embedding(idx, self.codebook).permute(3, 0, 1, 2)  # [t, h, w, D] -> [D, t, h, w]
+        else:
+            z = torch.from_numpy(arr).float()
+        meta = json.loads(sample["json"])
+        return {
+            # "video" is the clip loader's batch key; LatentLoader renames it to "latent" (see there)
+            "video": ((z - self.mean) * self.inv_std).contiguous(),
+            "label": int(meta["label"]),
+            "fps": float(meta["fps"]),
+            "key": str(key),
+        }
+
+
+class _LatentDataset(IterableDataset):
+    """One epoch of latent batches for one rank; the same reader protocol as the clip loader's dataset."""
+
+    def __init__(self, reader: ReaderSpec, decode: _LatentDecode) -> None:
+        super().__init__()
+        self.reader, self.decode = reader, decode
+
+    def __iter__(self) -> Iterator[Batch]:
+        r = self.reader
+        worker, counter, samples = r.open("latents ")
+        batch: list[dict[str, Any]] = []
+        cursor = r.cursors[worker]
+        for sample in samples:
+            cursor = sample["__index__"] + 1
+            try:
+                batch.append(self.decode(sample))
+            except Exception as exn:  # noqa: BLE001 - a corrupt sample is counted and skipped
+                exn.args = (*exn.args, sample.get("__key__"), sample.get("__url__"))
+                counter(exn)
+                continue
+            if len(batch) == r.batch_size:
+                yield collate_batch(
+                    batch, dict(worker=worker, cursor=cursor, errors=counter.count, skipped=0)
+                )
+                batch = []
+        meta = dict(worker=worker, cursor=cursor, errors=counter.count, skipped=0)
+        if batch and not r.drop_last:
+            yield collate_batch(batch, meta)
+        yield {"_meta": meta}  # the reader's tail item (counts only), as in the clip loader
+
+
+# ------------------------------------------------------------------------------------------ the loader
+
+
+class LatentLoader(ResumableLoader):
+    """Iterable of latent batches for one rank, with the clip loader's epochs, state and resume.
+
+    Batches: ``{"latent": [B, D, t, h, w] float32 normalised, "label": [B] int64, "fps": [B] float32,
+    "key": list[str]}``. ``state_dict()`` / :class:`LoaderState` resume exactly as for
+    :class:`~vqvdm_scale.data.clips.ClipLoader`; ``stats["errors"]`` counts corrupt samples/shards.
+    :attr:`manifest` is the cache's manifest (``denormalize(z, loader.manifest)`` gives z_q back).
+    """
+
+    def __init__(
+        self,
+        cfg: LatentLoaderConfig,
+        urls: list[str],
+        manifest: dict[str, Any],
+        codebook: Optional[Tensor],
+        *,
+        rank: int,
+        world_size: int,
+        train: bool,
+        num_workers: int,
+        state: Optional[LoaderState],
+    ) -> None:
+        super().__init__(
+            cfg,
+            urls,
+            rank=rank,
+            world_size=world_size,
+            train=train,
+            num_workers=num_workers,
+            state=state,
+        )
+        self.latent_cfg = cfg
+        self.manifest = manifest
+        self.decode = _LatentDecode(manifest, codebook)
+
+    def _dataset(self) -> IterableDataset:
+        """The latent dataset for the current state (DataLoader construction is ResumableLoader's)."""
+        return _LatentDataset(self._reader(), self.decode)
+
+    def epoch_iter(self) -> Iterator[Batch]:
+        """The rest of the current epoch's batches (ResumableLoader's bookkeeping; the tensor key renamed)."""
+        # ResumableLoader.epoch_iter tells batches from tail items by the "video" key, so the dataset yields
+        # the latents under that key and they are renamed here, after the state has been updated.
+        for batch in super().epoch_iter():
+            batch["latent"] = batch.pop("video")
+            yield batch
+
+
+def build_latent_loader(
+    cfg: LatentLoaderConfig,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    tokenizer_fingerprint: Optional[str],
+    codebook: Optional[Tensor],
+    state: Optional[LoaderState] = None,
+    train: bool = True,
+) -> LatentLoader:
+    """The latent loader of one rank over ``cfg.train_latents``; refuses a cache made by another tokenizer.
+
+    ``tokenizer_fingerprint``: the fingerprint of the tokenizer this run decodes with (``load_tokenizer``'s
+    third value); ``None`` skips the check with a warning. ``codebook``: ``tokenizer.quantizer.codes()``
+    ``[K, D]``, needed when the cache stores code indices (ignored for stored latents).
+    ``train=False`` gives one unshuffled pass.
+    """
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is outside world_size {world_size}")
+    if not cfg.train_latents:
+        raise ConfigError(
+            "data.train_latents is not set: give the latent shard directory (with manifest.json)"
+        )
+    urls = resolve_shards(cfg.train_latents)
+    manifest = read_latent_manifest(cfg.train_latents)
+    check_fingerprint(manifest, tokenizer_fingerprint, where=cfg.train_latents)
+    if manifest["store"] == "indices":
+        if codebook is None:
+            raise ValueError(
+                "this latent cache stores codebook indices: pass codebook=tokenizer.quantizer.codes() "
+                "(from load_tokenizer) to build_latent_loader"
+            )
+        k, d = int(manifest["codebook_size"]), int(manifest["latent_shape"][0])
+        if tuple(codebook.shape) != (k, d):
+            raise ValueError(f"codebook has shape {tuple(codebook.shape)}, the latent cache needs [{k}, {d}]")
+        if codebook_sha256(codebook) != manifest.get("codebook_sha256"):
+            raise ValueError(
+                "the codebook passed differs from the one the cache was encoded with; pass "
+                "tokenizer.quantizer.codes() (l2-normalised when the tokenizer normalises), not the raw buffer"
+            )
+    num_workers = cfg.num_workers
+    if train and not cfg.resampled:
+        check_enough_shards(len(urls), world_size, num_workers)
+    elif not train:
+        if len(urls) < world_size:
+            raise ValueError(f"{len(urls)} latent shards cannot be split over {world_size} ranks")
+        num_workers = min(num_workers, len(urls) // world_size)
+    return LatentLoader(
+        cfg,
+        urls,
+        manifest,
+        codebook,
+        rank=rank,
+        world_size=world_size,
+        train=train,
+        num_workers=num_workers,
+        state=state,
+    )

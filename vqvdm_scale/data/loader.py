@@ -1,0 +1,358 @@
+"""The resumable loader both stage loaders share: per-rank epochs, worker cursors, exact resume.
+
+A loader owns one :class:`LoaderState` per rank. Its DataLoader workers are the readers of
+:func:`~vqvdm_scale.data.pipeline.shard_sample_pipeline`; every batch a reader yields carries a ``_meta``
+dict (worker, cursor = raw samples used, error and skip counts) from which the state is advanced as the
+batch is handed out, so ``state_dict()`` always describes exactly what was yielded. Worker ``i`` of a
+resumed loader plays logical worker ``(i + next_worker) % n``, which makes the DataLoader's round robin
+continue where the interrupted run stopped (see :mod:`vqvdm_scale.data.clips` for the guarantees).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional
+
+import torch
+from torch.utils.data import DataLoader, IterableDataset
+
+from vqvdm_scale.config.core import ConfigError
+from vqvdm_scale.data.pipeline import ErrorCounter, mix_seed, reader_identity, shard_sample_pipeline
+
+__all__ = ["Batch", "LoaderState", "ResumableLoader", "StreamConfig", "collate_batch"]
+
+Batch = dict[str, Any]
+
+
+@dataclass
+class StreamConfig:
+    """How a loader reads its shards: shuffling, batching and workers (the options both loaders share)."""
+
+    batch_size: int = 8  # per rank
+    num_workers: int = 2
+    resampled: bool = False  # True: infinite sampling of shards with replacement (open_clip style)
+    shuffle_buffer: int = 256  # samples held for shuffling within a reader (train); 0/1 = off
+    seed: int = 0
+    epoch_samples: Optional[int] = None  # resampled mode: samples per rank that make one epoch
+    drop_last: bool = True  # train: drop each reader's last partial batch (eval keeps it)
+    prefetch_factor: int = 2
+    pin_memory: bool = False
+    # how DataLoader workers start; None = Python's default (fork on Linux up to 3.13). memory:// shards
+    # are only visible to forked workers
+    worker_start_method: Optional[Literal["fork", "spawn", "forkserver"]] = None
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "prefetch_factor"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"data.{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_workers < 0:
+            raise ConfigError(f"data.num_workers must be >= 0, got {self.num_workers}")
+        if self.shuffle_buffer < 0:
+            raise ConfigError(f"data.shuffle_buffer must be >= 0, got {self.shuffle_buffer}")
+        if self.epoch_samples is not None:
+            if not self.resampled:
+                raise ConfigError(
+                    "data.epoch_samples only applies with data.resampled=true (a seeded-shuffle epoch is "
+                    "one pass over the shards); unset it or set data.resampled=true"
+                )
+            if self.epoch_samples < self.batch_size:
+                raise ConfigError(
+                    f"data.epoch_samples={self.epoch_samples} is smaller than data.batch_size={self.batch_size}"
+                )
+
+    @property
+    def clip_span(self) -> int:
+        """Source frames one sample covers (1 for pre-cut samples; clips override it)."""
+        return 1
+
+
+@dataclass
+class LoaderState:
+    """Where one rank's loader stands: enough to resume without replaying what it already yielded.
+
+    ``samples_consumed`` / ``batches_consumed`` count what this rank yielded in the current epoch;
+    ``worker_cursors[w]`` is how many raw (pre-decode) samples logical worker ``w`` used this epoch;
+    ``next_worker`` is the logical worker whose batch comes next; ``num_workers``, ``world_size`` and
+    ``rank`` record the layout the cursors refer to; ``reseed`` is the resampled mode's stream salt.
+    The state is per rank: a trainer saves every rank's state (e.g. gathered into the checkpoint).
+    """
+
+    epoch: int = 0
+    seed: int = 0
+    samples_consumed: int = 0
+    batches_consumed: int = 0
+    worker_cursors: list[int] = field(default_factory=list)
+    next_worker: int = 0
+    num_workers: int = 1
+    world_size: int = 1
+    rank: int = 0
+    resampled: bool = False
+    reseed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-safe dict (goes into checkpoint client_state)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LoaderState:
+        """Inverse of :meth:`to_dict`; ValueError on unknown keys (a state from another loader)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise ValueError(f"loader state has unknown keys {sorted(unknown)}; it is not a ClipLoader state")
+        out = cls(**data)
+        out.worker_cursors = [int(c) for c in out.worker_cursors]
+        return out
+
+
+@dataclass
+class ReaderSpec:
+    """What every reader (one DataLoader worker of one rank) of an epoch needs to open its sample stream."""
+
+    urls: list[str]
+    rank: int
+    world_size: int
+    seed: int
+    epoch: int
+    train: bool
+    resampled: bool
+    shuffle_buffer: int
+    batch_size: int
+    drop_last: bool
+    reseed: int
+    cursors: list[int]
+    worker_offset: int
+
+    def open(self, label: str) -> tuple[int, ErrorCounter, Iterator[dict[str, Any]]]:
+        """(worker index, its error counter, its raw samples) for the DataLoader worker this runs in."""
+        worker, num_workers = reader_identity(self.worker_offset)
+        if num_workers != len(self.cursors):
+            raise RuntimeError(f"loader built for {len(self.cursors)} workers runs with {num_workers}")
+        counter = ErrorCounter(f"{label}rank {self.rank} worker {worker}")
+        samples = shard_sample_pipeline(
+            self.urls,
+            rank=self.rank,
+            world_size=self.world_size,
+            worker=worker,
+            num_workers=num_workers,
+            seed=self.seed,
+            epoch=self.epoch,
+            resampled=self.resampled,
+            shuffle_shards=self.train,
+            shuffle_buffer=self.shuffle_buffer if self.train else 0,
+            reseed=self.reseed,
+            skip=self.cursors[worker],
+            handler=counter,
+        )
+        return worker, counter, iter(samples)
+
+
+def collate_batch(samples: list[dict[str, Any]], meta: dict[str, int]) -> Batch:
+    """Stack a reader's decoded samples into a batch, with the reader's ``_meta`` (worker, cursor, counts)."""
+    return {
+        "video": torch.stack([c["video"] for c in samples]),
+        "label": torch.tensor([c["label"] for c in samples], dtype=torch.int64),
+        "fps": torch.tensor([c["fps"] for c in samples], dtype=torch.float32),
+        "key": [c["key"] for c in samples],
+        "_meta": meta,
+    }
+
+
+class ResumableLoader:
+    """Iterable of batches for one rank, tracking :class:`LoaderState` as batches are yielded.
+
+    The epoch/cursor bookkeeping that :class:`~vqvdm_scale.data.clips.ClipLoader` and
+    :class:`~vqvdm_scale.data.latents.LatentLoader` share; a subclass supplies :meth:`_dataset`,
+    an IterableDataset whose readers yield :func:`collate_batch` batches (with ``"video"``) and one
+    tail item ``{"_meta": ...}`` each. Train mode iterates forever, epoch after epoch (the epoch
+    advances when every reader of this rank ran out, or after ``epoch_samples`` samples in resampled
+    mode); eval mode iterates one pass. Ranks whose shards hold different sample counts reach their
+    epoch ends at different steps; training is step-based and each rank keeps yielding, so no rank
+    waits. ``state_dict()`` describes everything yielded so far; corrupt samples and short videos are
+    counted in :attr:`stats` (as of each worker's latest batch or end of stream).
+    """
+
+    def __init__(
+        self,
+        cfg: StreamConfig,
+        urls: list[str],
+        *,
+        rank: int,
+        world_size: int,
+        train: bool,
+        num_workers: int,
+        state: Optional[LoaderState],
+    ) -> None:
+        self.cfg = cfg
+        self.urls = urls
+        self.rank, self.world_size = rank, world_size
+        self.train = train
+        self.num_workers = num_workers
+        self.readers = max(1, num_workers)
+        self.epoch_batches: Optional[int] = (
+            cfg.epoch_samples // cfg.batch_size if (train and cfg.resampled and cfg.epoch_samples) else None
+        )
+        self._state = self._adopt(state)
+        self._errors = 0
+        self._skipped = 0
+        self._epoch_errors: dict[int, int] = {}
+        self._epoch_skipped: dict[int, int] = {}
+
+    # state ---------------------------------------------------------------------------------------
+
+    def _fresh(self, epoch: int, seed: int) -> LoaderState:
+        return LoaderState(
+            epoch=epoch,
+            seed=seed,
+            worker_cursors=[0] * self.readers,
+            num_workers=self.readers,
+            world_size=self.world_size,
+            rank=self.rank,
+            resampled=self.cfg.resampled,
+        )
+
+    def _adopt(self, state: Optional[LoaderState]) -> LoaderState:
+        if state is None:
+            return self._fresh(0, self.cfg.seed)
+        if not self.train:
+            raise ValueError("an eval loader is one deterministic pass; it takes no resume state")
+        if state.seed != self.cfg.seed:
+            warnings.warn(
+                f"resuming loader with the checkpoint's seed {state.seed} (config says {self.cfg.seed}) so the "
+                "interrupted epoch's order is kept",
+                stacklevel=3,
+            )
+        if state.resampled != self.cfg.resampled:
+            warnings.warn("data.resampled changed since the checkpoint; starting a new epoch", stacklevel=3)
+            return self._fresh(state.epoch + 1, state.seed)
+        if self.cfg.resampled:
+            out = dataclasses.replace(state, worker_cursors=[0] * self.readers, next_worker=0)
+            out.num_workers, out.world_size, out.rank = self.readers, self.world_size, self.rank
+            if state.samples_consumed or state.batches_consumed:
+                # new randomness rather than the stream the checkpointed run already consumed
+                out.reseed = mix_seed(state.reseed, state.samples_consumed, state.batches_consumed)
+            return out
+        layout = (state.num_workers, state.world_size, state.rank, len(state.worker_cursors))
+        if layout != (self.readers, self.world_size, self.rank, self.readers):
+            warnings.warn(
+                f"loader layout changed since the checkpoint (workers, world_size, rank: "
+                f"{layout[:3]} -> {(self.readers, self.world_size, self.rank)}); epoch {state.epoch} cannot "
+                f"continue exactly, so epoch {state.epoch + 1} starts (nothing replays)",
+                stacklevel=3,
+            )
+            return self._fresh(state.epoch + 1, state.seed)
+        return dataclasses.replace(state, worker_cursors=list(state.worker_cursors))
+
+    @property
+    def state(self) -> LoaderState:
+        """A copy of the current state (what has been yielded so far)."""
+        return dataclasses.replace(self._state, worker_cursors=list(self._state.worker_cursors))
+
+    def state_dict(self) -> dict[str, Any]:
+        """The current :class:`LoaderState` as a dict, for the checkpoint's client_state."""
+        return self._state.to_dict()
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Counters: epoch, corrupt samples/shards skipped (``errors``), too-short videos (``skipped``)."""
+        return {
+            "epoch": self._state.epoch,
+            "errors": self._errors + sum(self._epoch_errors.values()),
+            "skipped": self._skipped + sum(self._epoch_skipped.values()),
+        }
+
+    # iteration -----------------------------------------------------------------------------------
+
+    def _reader(self) -> ReaderSpec:
+        """The readers' description for the current state (what subclasses' datasets are built on)."""
+        st = self._state
+        return ReaderSpec(
+            urls=self.urls,
+            rank=self.rank,
+            world_size=self.world_size,
+            seed=st.seed,
+            epoch=st.epoch,
+            train=self.train,
+            resampled=self.cfg.resampled and self.train,
+            shuffle_buffer=self.cfg.shuffle_buffer,
+            batch_size=self.cfg.batch_size,
+            drop_last=self.cfg.drop_last and self.train,
+            reseed=st.reseed,
+            cursors=list(st.worker_cursors),
+            worker_offset=st.next_worker,
+        )
+
+    def _dataset(self) -> IterableDataset:
+        """This rank's dataset for the current state: subclasses build their reader (the sample decode)."""
+        raise NotImplementedError
+
+    def _dataloader(self) -> DataLoader:
+        st = self._state
+        dataset = self._dataset()
+        extra: dict[str, Any] = {}
+        if self.num_workers > 0:
+            extra["prefetch_factor"] = self.cfg.prefetch_factor
+            if self.cfg.worker_start_method is not None:
+                extra["multiprocessing_context"] = self.cfg.worker_start_method
+        # DataLoader draws its workers' base seed from the generator it is given, or else from the
+        # global RNG; a private one keeps a resumed run's global RNG stream identical to an
+        # uninterrupted run's (the pipeline's own randomness is seeded from (seed, epoch, rank)).
+        generator = torch.Generator().manual_seed(mix_seed(st.seed, st.epoch, self.rank))
+        return DataLoader(
+            dataset,
+            batch_size=None,
+            num_workers=self.num_workers,
+            pin_memory=self.cfg.pin_memory,
+            generator=generator,
+            **extra,
+        )
+
+    def _end_epoch(self) -> None:
+        self._errors += sum(self._epoch_errors.values())
+        self._skipped += sum(self._epoch_skipped.values())
+        self._epoch_errors, self._epoch_skipped = {}, {}
+        self._state = self._fresh(self._state.epoch + 1, self._state.seed)
+
+    def epoch_iter(self) -> Iterator[Batch]:
+        """The rest of the current epoch's batches; the epoch advances once it is exhausted."""
+        st = self._state
+        fresh = st.batches_consumed == 0 and not any(st.worker_cursors)
+        produced = 0
+        it = iter(self._dataloader())
+        try:
+            for batch in it:
+                meta = batch.pop("_meta")
+                w = int(meta["worker"])
+                st.worker_cursors[w] = int(meta["cursor"])
+                st.next_worker = (w + 1) % self.readers
+                self._epoch_errors[w] = int(meta["errors"])
+                self._epoch_skipped[w] = int(meta["skipped"])
+                if "video" not in batch:  # a reader's tail item: counts only
+                    continue
+                st.batches_consumed += 1
+                st.samples_consumed += len(batch["key"])
+                produced += 1
+                yield batch
+                if self.epoch_batches is not None and st.batches_consumed >= self.epoch_batches:
+                    break
+        finally:
+            del it  # shuts the worker processes down, also when the consumer stops early
+        if produced == 0 and fresh:
+            stats = self.stats
+            raise ValueError(
+                f"rank {self.rank} got no clips from {len(self.urls)} shards ({self.urls[0]} ...): "
+                f"{stats['errors']} corrupt samples/shards, {stats['skipped']} videos shorter than "
+                f"{self.cfg.clip_span} frames, batch_size {self.cfg.batch_size}; check the shards, lower "
+                "data.frames/frame_stride, set data.short_videos=loop, or use data.drop_last=false"
+            )
+        self._end_epoch()
+
+    def __iter__(self) -> Iterator[Batch]:
+        if not self.train:
+            yield from self.epoch_iter()
+            return
+        while True:
+            yield from self.epoch_iter()

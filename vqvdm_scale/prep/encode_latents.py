@@ -1,0 +1,527 @@
+"""Video shards -> latent shards: every clip window encoded once by an exported tokenizer (stage 2 reads these).
+
+Plan: input shard ``i`` (in resolved order) is encoded by rank ``i % world_size`` into its own latent shard,
+named after it (``shard-000003.tar`` -> ``latents-000003.tar``; by input index when basenames collide), so
+ranks never coordinate until rank 0 merges the per-shard sidecars into ``manifest.json`` after a barrier.
+
+Per video (decoded, resized and centre-cropped with the clip loader's eval-mode code): ``windows="all"``
+takes every non-overlapping window (:func:`~vqvdm_scale.data.clips.eval_windows`), ``windows="N"``
+takes N evenly spaced windows (first and last included; N=1 is the centred eval window). Each window is
+encoded by the tokenizer's encoder + quantizer (eval mode, no EMA update) and written as one tar sample:
+
+* ``__key__`` = ``{source key}_w{window:03d}``;
+* ``npy`` = code indices int16 ``[t, h, w]`` (int32 when K > 32767) with ``store="indices"``, or the
+  quantised latent z_q fp16 ``[D, t, h, w]`` with ``store="latents"`` (z_q, not the pre-quantisation z_e:
+  z_q is what the decoder reads and what stage 2 must learn to produce); always ``allow_pickle=False``;
+* ``json`` = label, class_name, fps (source fps / stride), window, start frame, source key.
+
+The manifest's per-channel mean/std are over the dequantised latents as the loader sees them
+(``codes[indices]``, or the fp16 values for stored latents), pooled from per-shard float64 sums.
+
+Atomic, resumable and reproducible as make_shards: a shard is written to ``.NAME.tmp``, its sidecar
+written, then renamed; tar members carry fixed metadata; windows are encoded in fixed batches of
+``batch_size`` in stream order within each shard (a batch never spans shards), so a shard's bytes depend
+only on its input, the tokenizer and the plan - not on the rank count, worker count or an interruption.
+A re-run skips every shard whose sidecar plan and sha256 match the file. CPU kernels may round
+differently with another thread count, so keep ``threads`` the same between a run and its re-run.
+
+A corrupt member (undecodable video, bad json) or a short video is skipped with a counted reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import posixpath
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from itertools import islice
+from typing import Any, Literal, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import webdataset as wds
+from fsspec.core import url_to_fs
+from tqdm import tqdm
+
+from vqvdm_scale.config import ConfigError, to_dict
+from vqvdm_scale.data.latents import LATENT_FORMAT, codebook_sha256, stats_from_sums
+from vqvdm_scale.data.pipeline import ErrorCounter, shard_sample_pipeline
+from vqvdm_scale.data.urls import resolve_shards
+from vqvdm_scale.engine.env import barrier, get_rank, get_world_size, init_distributed, is_dist, pick_device
+from vqvdm_scale.formats.fs import read_manifest
+from vqvdm_scale.formats.shard_io import (  # the same atomic writing as make_shards
+    MANIFEST_NAME,
+    HashingWriter,
+    finished_sidecar,
+    join_url,
+    publish_shard,
+    remove_tmps,
+    tar_writer,
+    tmp_name,
+    write_json,
+)
+from vqvdm_scale.formats.tokenizer_export import load_tokenizer
+from vqvdm_scale.models.tokenizer.vqgan import VQTokenizer
+from vqvdm_scale.prep.encode_windows import DecodePool, prepare_job, video_windows, window_starts
+
+__all__ = ["EncodeConfig", "encode_clips", "main", "output_names", "video_windows", "window_starts"]
+
+# Generous: a rank that finishes its shards waits at the barrier for the slowest rank.
+_BARRIER_TIMEOUT_S = 7 * 24 * 3600.0
+
+
+@dataclass
+class EncodeConfig:
+    """Options of encode_latents (CLI: data_prep/encode_latents.py)."""
+
+    tokenizer: str = ""  # exported tokenizer (.safetensors from export_tokenizer)
+    input: str = ""  # video shards: directory with manifest.json, brace pattern or list
+    output: str = ""  # latent shard folder: local path or fsspec URL
+    windows: str = "all"  # "all" non-overlapping windows per video, or N evenly spaced windows
+    batch_size: int = 8  # clips per encoder call (part of the plan: it can change the last bits)
+    workers: int = 0  # decode processes per rank; 0 or 1 = inline
+    store: Literal["indices", "latents"] = "indices"
+    frames: int = 16  # T of a clip (the tokenizer config does not hold the clip size)
+    stride: int = 1  # take every k-th source frame; the sample's fps is source fps / k
+    resolution: int = 128  # square centre crop after resizing the short side to this
+    device: str = "auto"  # auto = this rank's GPU if there is one, else CPU
+    threads: int = 1  # torch CPU threads; 0 = leave torch's default
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "frames", "stride", "resolution"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if self.workers < 0 or self.threads < 0:
+            raise ConfigError(f"workers and threads must be >= 0, got {self.workers} and {self.threads}")
+        if self.store not in ("indices", "latents"):
+            raise ConfigError(f"store: 'indices' or 'latents', got {self.store!r}")
+        self.windows = str(self.windows).strip()
+        if self.windows != "all" and not (self.windows.isdigit() and int(self.windows) >= 1):
+            raise ConfigError(f"windows: 'all' or a number >= 1 of windows per video, got {self.windows!r}")
+
+    @property
+    def num_windows(self) -> Optional[int]:
+        """Windows per video, or None for all non-overlapping windows."""
+        return None if self.windows == "all" else int(self.windows)
+
+
+# --------------------------------------------------------------------------------------- clip windows
+
+
+@torch.no_grad()
+def encode_clips(model: VQTokenizer, clips: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Code indices ``[B, t, h, w]`` int64 and dequantised latents ``codes[indices]`` ``[B, D, t, h, w]`` fp32."""
+    device = next(model.parameters()).device
+    out = model.quantize(model.encode(clips.to(device)))
+    indices = out.indices
+    return indices.cpu(), model.quantizer.lookup(indices).float().cpu()
+
+
+# ---------------------------------------------------------------------------------------- shard plans
+
+
+def output_names(urls: Sequence[str]) -> list[str]:
+    """Latent shard names for input shards: ``shard-000003.tar`` -> ``latents-000003.tar`` (by index if ambiguous)."""
+    stems = [posixpath.basename(u.rstrip("/")).removesuffix(".tar") for u in urls]
+    names = [f"latents-{s.removeprefix('shard-')}.tar" for s in stems]
+    if len(set(names)) < len(names) or MANIFEST_NAME in names:
+        names = [f"latents-{i:06d}.tar" for i in range(len(urls))]
+    return names
+
+
+def _sidecar_name(name: str) -> str:
+    return name.removesuffix(".tar") + ".json"
+
+
+@dataclass
+class _Task:
+    index: int
+    url: str
+    name: str
+    plan: str
+    source_sha256: Optional[str]
+    source_count: Optional[int]
+
+
+def _input_manifests(urls: Sequence[str]) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """Manifest shard entries of the input shards by URL, and the class list, where manifests exist."""
+    entries: dict[str, dict[str, Any]] = {}
+    classes: list[str] = []
+    for d in dict.fromkeys(posixpath.dirname(u) or "." for u in urls):
+        try:
+            manifest = read_manifest(d)
+        except (ValueError, OSError):
+            continue
+        if not classes and isinstance(manifest.get("classes"), list):
+            classes = [str(c) for c in manifest["classes"]]
+        for entry in manifest["shards"]:
+            if isinstance(entry, dict) and "name" in entry:
+                entries[join_url(d, str(entry["name"]))] = entry
+    return entries, classes
+
+
+def _plan_hash(cfg: EncodeConfig, fingerprint: str, source: str) -> str:
+    # everything that changes a latent shard's bytes; the input is named by its sha256 when its manifest has it
+    plan = {
+        "format": LATENT_FORMAT,
+        "fingerprint": fingerprint,
+        "frames": cfg.frames,
+        "stride": cfg.stride,
+        "resolution": cfg.resolution,
+        "windows": cfg.windows,
+        "store": cfg.store,
+        "batch_size": cfg.batch_size,
+        "source": source,
+    }
+    return hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _complete_sidecar(fs: Any, root: str, task: _Task) -> Optional[dict[str, Any]]:
+    """The sidecar of a finished latent shard made under this plan, or None when it must be (re)written."""
+    return finished_sidecar(
+        fs, root, task.name, _sidecar_name(task.name), lambda side: side.get("plan") == task.plan
+    )
+
+
+class _ErrorLog(ErrorCounter):
+    """ErrorCounter that also keeps each message, for the sidecar's skip report."""
+
+    def __init__(self, where: str) -> None:
+        super().__init__(where)
+        self.messages: list[str] = []
+
+    def __call__(self, exn: BaseException) -> bool:
+        """Record ``exn`` and continue."""
+        self.messages.append(f"{type(exn).__name__}: {exn}")
+        return super().__call__(exn)
+
+
+def _chunks(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
+    while chunk := list(islice(items, size)):
+        yield chunk
+
+
+class _ShardEncoder:
+    """Writes one latent shard: windows are buffered and encoded in fixed batches in stream order."""
+
+    def __init__(self, model: VQTokenizer, cfg: EncodeConfig, writer: wds.TarWriter, dim: int) -> None:
+        self.model, self.cfg, self.writer = model, cfg, writer
+        self.index_dtype = np.int16 if model.cfg.codebook_size <= np.iinfo(np.int16).max + 1 else np.int32
+        self.pending: list[tuple[str, torch.Tensor, dict[str, Any]]] = []
+        self.count = 0
+        self.positions = 0
+        self.sum = torch.zeros(dim, dtype=torch.float64)
+        self.sumsq = torch.zeros(dim, dtype=torch.float64)
+
+    def add(self, key: str, clip: torch.Tensor, meta: dict[str, Any]) -> None:
+        """Queue one window; encodes and writes when a batch is full."""
+        self.pending.append((key, clip, meta))
+        if len(self.pending) == self.cfg.batch_size:
+            self.flush()
+
+    def flush(self) -> None:
+        """Encode and write the queued windows (one encoder call)."""
+        if not self.pending:
+            return
+        indices, z = encode_clips(self.model, torch.stack([c for _, c, _ in self.pending]))
+        if self.cfg.store == "latents":
+            z = z.half()
+        for i, (key, _, meta) in enumerate(self.pending):
+            arr = indices[i].numpy().astype(self.index_dtype) if self.cfg.store == "indices" else z[i].numpy()
+            buf = io.BytesIO()
+            np.save(buf, arr, allow_pickle=False)
+            self.writer.write(
+                {"__key__": key, "npy": buf.getvalue(), "json": json.dumps(meta, sort_keys=True).encode()}
+            )
+        zd = z.double()  # statistics of exactly what the loader will read back
+        self.sum += zd.sum(dim=(0, 2, 3, 4))
+        self.sumsq += zd.square().sum(dim=(0, 2, 3, 4))
+        self.positions += z.shape[0] * z.shape[2] * z.shape[3] * z.shape[4]
+        self.count += len(self.pending)
+        self.pending = []
+
+
+def _encode_shard(
+    task: _Task,
+    model: VQTokenizer,
+    cfg: EncodeConfig,
+    fs: Any,
+    root: str,
+    pool: Optional[DecodePool],
+    bar: tqdm,
+    rank: int,
+) -> dict[str, Any]:
+    """Write one latent shard (tmp tar -> sidecar -> rename) from one input shard; returns the sidecar."""
+    tmp = join_url(root, tmp_name(task.name))
+    errors = _ErrorLog(task.url)
+    skipped: list[dict[str, str]] = []
+    videos = 0
+    samples = shard_sample_pipeline([task.url], rank=0, world_size=1, shuffle_shards=False, handler=errors)
+    jobs = ((s, cfg.frames, cfg.stride, cfg.resolution, cfg.num_windows) for s in samples)
+    with fs.open(tmp, "wb") as raw:
+        out = HashingWriter(raw)
+        writer = tar_writer(out)
+        enc = _ShardEncoder(model, cfg, writer, model.cfg.latent_dim)
+        # decode a bounded chunk of videos at a time (in order), so memory stays flat on big shards
+        for chunk in _chunks(jobs, max(1, 2 * cfg.workers)):
+            results = pool.map(chunk) if pool is not None else [prepare_job(j) for j in chunk]
+            for job, (status, payload) in zip(chunk, results, strict=True):
+                key = str(job[0].get("__key__"))
+                bar.update(1)
+                if status != "ok":
+                    skipped.append({"key": key, "reason": "corrupt", "detail": payload})
+                    continue
+                meta, fps, clips = payload
+                if not clips:
+                    skipped.append(
+                        {"key": key, "reason": "too_short", "detail": "fewer frames than one clip"}
+                    )
+                    continue
+                videos += 1
+                for window, start, clip in clips:
+                    info = {
+                        "label": int(meta["label"]),
+                        "class_name": meta.get("class_name"),
+                        "fps": fps / cfg.stride,
+                        "window": window,
+                        "start": start,
+                        "source_key": key,
+                    }
+                    enc.add(f"{key}_w{window:03d}", clip, info)
+            del results
+        enc.flush()
+        writer.close()
+    skipped += [{"key": "", "reason": "tar_error", "detail": m} for m in errors.messages]
+    sidecar = {
+        "name": task.name,
+        "source": task.url,
+        "count": enc.count,
+        "sha256": out.sha.hexdigest(),
+        "bytes": out.size,
+        "videos": videos,
+        "skipped": skipped,
+        "skip_counts": dict(sorted(Counter(s["reason"] for s in skipped).items())),
+        "stats": {"positions": enc.positions, "sum": enc.sum.tolist(), "sumsq": enc.sumsq.tolist()},
+        "plan": task.plan,
+        "rank": rank,  # who wrote it (informational; not part of the plan)
+    }
+    publish_shard(fs, root, task.name, _sidecar_name(task.name), sidecar)
+    return sidecar
+
+
+# ----------------------------------------------------------------------------------------------- main
+
+
+def _merge(
+    cfg: EncodeConfig,
+    sidecars: list[dict[str, Any]],
+    model: VQTokenizer,
+    fingerprint: str,
+    classes: list[str],
+) -> dict[str, Any]:
+    """The cache manifest from every shard's sidecar."""
+    tcfg = model.cfg
+    latent_shape = list(tcfg.latent_shape(cfg.frames, cfg.resolution, cfg.resolution))
+    positions = sum(int(s["stats"]["positions"]) for s in sidecars)
+    sums = [sum(v) for v in zip(*(s["stats"]["sum"] for s in sidecars), strict=True)]
+    sumsqs = [sum(v) for v in zip(*(s["stats"]["sumsq"] for s in sidecars), strict=True)]
+    mean, std = stats_from_sums(positions, sums, sumsqs)
+    skipped = [dict(s, shard=side["name"]) for side in sidecars for s in side["skipped"]]
+    index_dtype = "int16" if tcfg.codebook_size <= np.iinfo(np.int16).max + 1 else "int32"
+    num_samples = sum(int(s["count"]) for s in sidecars)
+    return {
+        "format": LATENT_FORMAT,
+        "fingerprint": fingerprint,
+        "tokenizer_path": cfg.tokenizer,
+        "store": cfg.store,
+        "dtype": index_dtype if cfg.store == "indices" else "float16",
+        "sample_shape": latent_shape[1:] if cfg.store == "indices" else latent_shape,
+        "latent_shape": latent_shape,
+        "codebook_size": tcfg.codebook_size,
+        "codebook_sha256": codebook_sha256(model.quantizer.codes()),
+        "stats": {"positions": positions, "sum": sums, "sumsq": sumsqs, "mean": mean, "std": std},
+        "num_samples": num_samples,
+        "counts": {
+            "samples": num_samples,
+            "windows": num_samples,
+            "videos": sum(int(s["videos"]) for s in sidecars),
+            "skipped": len(skipped),
+            "skip_counts": dict(sorted(Counter(s["reason"] for s in skipped).items())),
+        },
+        "skipped": skipped,
+        "shards": [
+            {"name": s["name"], "count": s["count"], "sha256": s["sha256"], "source": s["source"]}
+            for s in sidecars
+            if s["count"]
+        ],
+        "clip": {
+            "frames": cfg.frames,
+            "stride": cfg.stride,
+            "resolution": cfg.resolution,
+            "windows": cfg.windows,
+        },
+        "classes": classes,
+        "source": cfg.input,
+        "params": to_dict(cfg),
+    }
+
+
+def _write_manifest(
+    cfg: EncodeConfig,
+    tasks: list[_Task],
+    sidecars: dict[int, dict[str, Any]],
+    fs: Any,
+    root: str,
+    model: VQTokenizer,
+    fingerprint: str,
+    classes: list[str],
+    world: int,
+) -> dict[str, Any]:
+    """Rank 0: check every shard is whole, merge the sidecars and write manifest.json."""
+    ordered = []
+    for task in tasks:
+        side = sidecars.get(task.index) or _complete_sidecar(fs, root, task)
+        if side is None:
+            raise RuntimeError(
+                f"latent shard {task.name} (rank {task.index % world}) is missing or does not match its "
+                "sidecar after every rank finished; re-run the same command to redo it"
+            )
+        ordered.append(side)
+    manifest = _merge(cfg, ordered, model, fingerprint, classes)
+    write_json(fs, root, MANIFEST_NAME, manifest)
+    reasons = ", ".join(f"{k}={v}" for k, v in manifest["counts"]["skip_counts"].items()) or "none"
+    print(
+        f"encode_latents: {manifest['num_samples']} latent samples ({cfg.store}, {manifest['dtype']} "
+        f"{manifest['sample_shape']}) of {manifest['counts']['videos']} videos in {len(manifest['shards'])} "
+        f"shards at {cfg.output}; skipped {manifest['counts']['skipped']} ({reasons})",
+        flush=True,
+    )
+    return manifest
+
+
+def _check_inputs(cfg: EncodeConfig) -> None:
+    if not cfg.tokenizer:
+        raise ConfigError("tokenizer: give the exported tokenizer file (.safetensors from export_tokenizer)")
+    if not cfg.input:
+        raise ConfigError(
+            "input: give the video shards (directory with manifest.json, brace pattern or list)"
+        )
+    if not cfg.output:
+        raise ConfigError("output: give the latent shard folder (local path or fsspec URL)")
+
+
+def main(cfg: EncodeConfig) -> dict[str, Any]:
+    """Encode ``cfg.input`` into latent shards under ``cfg.output``; returns the manifest (every rank)."""
+    _check_inputs(cfg)
+    created = False
+    if not is_dist() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        init_distributed("gloo", timeout_s=_BARRIER_TIMEOUT_S)  # only barriers: gloo on CPU and GPU alike
+        created = True
+    try:
+        return _run(cfg, get_rank(), get_world_size())
+    finally:
+        if created:
+            dist.destroy_process_group()
+
+
+def _run(cfg: EncodeConfig, rank: int, world: int) -> dict[str, Any]:
+    start = time.time()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = pick_device(cfg.device)
+    if device.type == "cuda":  # re-runs must reproduce bytes: no autotuned / nondeterministic conv kernels
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+    model, tcfg, fingerprint = load_tokenizer(cfg.tokenizer, device)
+    try:
+        tcfg.latent_shape(cfg.frames, cfg.resolution, cfg.resolution)
+    except ValueError as e:
+        raise ValueError(f"{e} (set --frames / --resolution accordingly)") from e
+    urls = resolve_shards(cfg.input)
+    entries, classes = _input_manifests(urls)
+    names = output_names(urls)
+    tasks = []
+    for i, (url, name) in enumerate(zip(urls, names, strict=True)):
+        entry = entries.get(url, {})
+        sha = entry.get("sha256")
+        count = entry.get("count")
+        tasks.append(
+            _Task(
+                i,
+                url,
+                name,
+                _plan_hash(cfg, fingerprint, sha or url),
+                sha,
+                None if count is None else int(count),
+            )
+        )
+    fs, root = url_to_fs(cfg.output)
+    fs.makedirs(root, exist_ok=True)
+    if rank == 0 and fs.exists(join_url(root, MANIFEST_NAME)):
+        # a manifest only ever describes a finished cache: drop the old one until this run has merged
+        fs.rm(join_url(root, MANIFEST_NAME))
+
+    mine = [t for t in tasks if t.index % world == rank]
+    sidecars: dict[int, dict[str, Any]] = {}
+    todo: list[_Task] = []
+    for task in mine:
+        done = _complete_sidecar(fs, root, task)
+        if done is None:
+            todo.append(task)
+        else:
+            sidecars[task.index] = done
+    known = [t.source_count for t in todo]
+    total = sum(c for c in known if c is not None) if all(c is not None for c in known) else None
+    bar = tqdm(
+        total=total,
+        unit="video",
+        desc=f"encode_latents rank {rank}",
+        position=rank,
+        disable=not cfg.progress,
+        leave=True,
+    )
+    pool: Optional[DecodePool] = None
+    if cfg.workers > 1 and todo:
+        pool = DecodePool(cfg.workers)
+    try:
+        for task in todo:
+            sidecars[task.index] = _encode_shard(task, model, cfg, fs, root, pool, bar, rank)
+    finally:
+        if pool is not None:
+            pool.close()
+        bar.close()
+    remove_tmps(fs, root, [n for t in mine for n in (t.name, _sidecar_name(t.name))])  # a killed run's strays
+    written = [sidecars[t.index] for t in todo]
+    encoded = sum(s["count"] for s in written)
+    elapsed = time.time() - start
+    print(
+        f"encode_latents rank {rank}/{world}: {encoded} windows of {sum(s['videos'] for s in written)} videos in "
+        f"{len(todo)} shards ({len(mine) - len(todo)} of {len(mine)} already complete); skipped "
+        f"{sum(len(s['skipped']) for s in written)}; {encoded / max(elapsed, 1e-9):.1f} clips/s, {elapsed:.1f}s",
+        flush=True,
+    )
+
+    barrier()
+    failure: Optional[BaseException] = None
+    if rank == 0:
+        try:
+            manifest = _write_manifest(cfg, tasks, sidecars, fs, root, model, fingerprint, classes, world)
+        except Exception as e:  # noqa: BLE001 - re-raised after the barrier, so other ranks do not hang
+            failure = e
+    barrier()
+    if failure is not None:
+        raise failure
+    if rank != 0:
+        try:
+            with fs.open(join_url(root, MANIFEST_NAME), "rb") as f:
+                manifest = json.loads(f.read())
+        except FileNotFoundError as e:
+            raise RuntimeError(f"rank 0 wrote no {MANIFEST_NAME} in {cfg.output}; see rank 0's error") from e
+    return manifest

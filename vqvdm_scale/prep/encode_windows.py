@@ -1,0 +1,93 @@
+"""The decode side of encode_latents: which windows of a video to encode, decoded and centre-cropped,
+in a process pool where a crashing decoder costs one video instead of the job."""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from vqvdm_scale.data.clips import crop_clip, decode_frames, eval_windows
+from vqvdm_scale.formats.shard_io import mp_context
+
+
+def window_starts(num_frames: int, frames: int, stride: int, windows: Optional[int]) -> list[int]:
+    """First frames of the windows of a ``num_frames`` video: all non-overlapping (None) or N evenly spaced."""
+    span = (frames - 1) * stride + 1
+    if num_frames < span:
+        return []
+    if windows is None:
+        return eval_windows(num_frames, frames, stride)
+    last = num_frames - span
+    if windows == 1:
+        return [last // 2]  # the clip loader's centred eval window
+    # round(i * last / (N - 1)) in integers (half up), deduplicated for videos with fewer positions than N
+    return sorted({(2 * i * last + windows - 1) // (2 * (windows - 1)) for i in range(windows)})
+
+
+def video_windows(
+    sample: dict[str, Any], frames: int, stride: int, resolution: int, windows: Optional[int]
+) -> tuple[dict[str, Any], float, list[tuple[int, int, torch.Tensor]]]:
+    """Decode one video shard sample into ``(meta, fps, [(window, start, clip [3, T, S, S] in [-1, 1])])``.
+
+    The resize (in the decoder for mp4, then bilinear with antialias) and the centre crop are the clip
+    loader's eval path, so a cached latent is the encoding of exactly the clip an eval loader would make.
+    """
+    meta = json.loads(sample["json"])
+    size = meta.get("size")
+    resize_in_decoder = resolution if resolution % 2 == 0 and size and min(size) != resolution else None
+    video, container_fps = decode_frames(sample, max_frames=None, resolution=resize_in_decoder)
+    out: list[tuple[int, int, torch.Tensor]] = []
+    for window, start in enumerate(window_starts(video.shape[0], frames, stride, windows)):
+        out.append((window, start, crop_clip(video[start + stride * np.arange(frames)], resolution)))
+    fps = float(meta.get("fps", container_fps if container_fps is not None else 0.0))
+    return meta, fps, out
+
+
+def prepare_job(job: tuple[dict[str, Any], int, int, int, Optional[int]]) -> tuple[str, Any]:
+    """Worker-side :func:`video_windows` that reports failures instead of raising (keeps the pool alive)."""
+    sample, frames, stride, resolution, windows = job
+    try:
+        return "ok", video_windows(sample, frames, stride, resolution, windows)
+    except Exception as e:  # noqa: BLE001 - a corrupt member is counted, never stops the job
+        return "corrupt", f"{type(e).__name__}: {e}"
+
+
+class DecodePool:
+    """Ordered video decoding in worker processes; a worker that dies (a decoder crash) costs only its video."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self.executor = self._new()
+
+    def _new(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(
+            self.workers, mp_context=mp_context(), initializer=torch.set_num_threads, initargs=(1,)
+        )
+
+    def _restart(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        self.executor = self._new()
+
+    def map(self, jobs: list[Any]) -> list[tuple[str, Any]]:
+        """``prepare_job`` of every job, in order."""
+        try:
+            return list(self.executor.map(prepare_job, jobs))
+        except BrokenProcessPool:
+            self._restart()
+        out: list[tuple[str, Any]] = []
+        for job in jobs:  # one at a time, to find the video that kills its worker
+            try:
+                out.append(self.executor.submit(prepare_job, job).result())
+            except BrokenProcessPool:
+                self._restart()
+                out.append(("corrupt", "the decoder process crashed on this video"))
+        return out
+
+    def close(self) -> None:
+        """Stop the workers."""
+        self.executor.shutdown()

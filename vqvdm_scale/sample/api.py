@@ -1,0 +1,221 @@
+"""From a trained latent U-Net to video files: sample latents, decode with the tokenizer, write mp4/gif/png.
+
+The same functions make the sample videos in TensorBoard during training and the files of
+``launchers/sample.py``, so what a run shows while training is what the sampler produces.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from vqvdm_scale.config import ConfigError, from_dict, to_dict
+from vqvdm_scale.diffusion import DiffusionConfig, GaussianDiffusion, make_clip_sampler, sample_long_video
+from vqvdm_scale.models.tokenizer import VQTokenizer
+from vqvdm_scale.models.unet.model import UNet3D, UNetConfig
+
+EMA_FILE = "ema.safetensors"
+EMA_FORMAT = "vqvdm-ldm-ema/1"
+
+
+@dataclass
+class SampleConfig:
+    """How videos are sampled.
+
+    Args:
+        sampler: "ddim" (respaced, ``steps``) or "ddpm" (ancestral, all timesteps).
+        steps: DDIM steps.
+        eta: DDIM eta (0 = deterministic).
+        guidance: classifier-free guidance weight w (VQ-VDM: eps = w * (eps(z,c) - eps(z)) + eps(z)).
+        num_clips: clips per video; > 1 extends autoregressively (PVDM Algorithm 1).
+        overlap: latent frames shared by consecutive clips (0 = condition on the whole previous clip).
+        quantize: snap sampled latents to the nearest codebook entries before decoding.
+        seed: base seed; video i of a run uses its own generator seeded from (seed, i).
+    """
+
+    sampler: Literal["ddpm", "ddim"] = "ddim"
+    steps: int = 100
+    eta: float = 0.0
+    guidance: float = 4.0
+    num_clips: int = 1
+    overlap: int = 0
+    quantize: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.num_clips < 1 or self.overlap < 0:
+            raise ConfigError("sample.steps and sample.num_clips must be >= 1 and sample.overlap >= 0")
+
+
+@dataclass
+class LatentSpec:
+    """What the diffusion model generates and how to turn it back into tokenizer latents."""
+
+    shape: tuple[int, int, int, int]  # C, t, h, w
+    mean: torch.Tensor  # [C] per-channel mean of the cache (normalisation)
+    std: torch.Tensor  # [C]
+    fps: float  # the clip fps the model was trained on most (used when none is given)
+
+
+def save_ema(
+    path: Path,
+    ema: dict[str, torch.Tensor],
+    model: UNetConfig,
+    diffusion: DiffusionConfig,
+    spec: LatentSpec,
+    tokenizer_fingerprint: str,
+    step: int,
+    class_names: Sequence[str],
+) -> None:
+    """Write EMA weights + everything sampling needs into one safetensors file (no pickle)."""
+    meta = {
+        "format": EMA_FORMAT,
+        "model": json.dumps(to_dict(model)),
+        "diffusion": json.dumps(to_dict(diffusion)),
+        "latent_shape": json.dumps(list(spec.shape)),
+        "latent_fps": str(spec.fps),
+        "tokenizer_fingerprint": tokenizer_fingerprint,
+        "step": str(step),
+        "classes": json.dumps(list(class_names)),
+    }
+    tensors = {f"net.{k}": v.contiguous() for k, v in ema.items()}
+    tensors["latent.mean"] = spec.mean.float().contiguous()
+    tensors["latent.std"] = spec.std.float().contiguous()
+    tmp = path.with_suffix(".tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    tmp.replace(path)
+
+
+@dataclass
+class SamplingModel:
+    """A loaded EMA network with its diffusion process and latent spec."""
+
+    net: UNet3D
+    diffusion: GaussianDiffusion
+    spec: LatentSpec
+    tokenizer_fingerprint: str
+    step: int
+    classes: list[str]
+
+
+def load_ema(path: str | Path, device: torch.device | str = "cpu") -> SamplingModel:
+    """Load a file written by :func:`save_ema`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} does not exist: give a run dir or a checkpoint dir that holds {EMA_FILE}"
+        )
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        if meta.get("format") != EMA_FORMAT:
+            raise ValueError(f"{path} is not an LDM EMA file (format {meta.get('format')!r})")
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no items()
+    mcfg = from_dict(UNetConfig, json.loads(meta["model"]))
+    dcfg = from_dict(DiffusionConfig, json.loads(meta["diffusion"]))
+    net = UNet3D(mcfg)
+    net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
+    net.to(device).eval()
+    spec = LatentSpec(
+        shape=tuple(json.loads(meta["latent_shape"])),  # type: ignore[arg-type]
+        mean=tensors["latent.mean"],
+        std=tensors["latent.std"],
+        fps=float(meta["latent_fps"]),
+    )
+    return SamplingModel(
+        net,
+        GaussianDiffusion(dcfg),
+        spec,
+        meta["tokenizer_fingerprint"],
+        int(meta["step"]),
+        json.loads(meta["classes"]),
+    )
+
+
+@torch.no_grad()
+def generate_latents(
+    net: torch.nn.Module,
+    diffusion: GaussianDiffusion,
+    spec: LatentSpec,
+    labels: torch.Tensor,
+    cfg: SampleConfig,
+    *,
+    fps: Optional[torch.Tensor] = None,
+    generator: Optional[torch.Generator] = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Normalised latents ``[B, C, frames, h, w]`` for ``labels``, extended to ``num_clips`` clips."""
+    device = labels.device
+    b = labels.shape[0]
+    num_classes = int(getattr(getattr(net, "config", None), "num_classes", 0) or 0)
+    if fps is None:
+        fps = torch.full((b,), spec.fps, device=device)
+    sampler = make_clip_sampler(
+        net,
+        diffusion,
+        (b, *spec.shape),
+        y=labels if num_classes > 0 else None,
+        fps=fps,
+        guidance_scale=cfg.guidance if num_classes > 0 else 1.0,
+        null_class=num_classes if num_classes > 0 else None,
+        sampler=cfg.sampler,
+        steps=cfg.steps,
+        eta=cfg.eta,
+        generator=generator,
+        device=device,
+        progress=progress,
+    )
+    return sample_long_video(sampler, cfg.num_clips, overlap=cfg.overlap)
+
+
+@torch.no_grad()
+def decode_latents(
+    tokenizer: VQTokenizer, z: torch.Tensor, spec: LatentSpec, quantize: bool = True
+) -> torch.Tensor:
+    """Tokenizer decode of normalised latents ``[B, C, n, h, w]`` clip by clip, to videos in [-1, 1]."""
+    mean = spec.mean.to(z).view(1, -1, 1, 1, 1)
+    std = spec.std.to(z).view(1, -1, 1, 1, 1)
+    z = z * std + mean
+    t = spec.shape[1]
+    pieces = []
+    for start in range(0, z.shape[2], t):
+        chunk = z[:, :, start : start + t]
+        if quantize:
+            chunk = tokenizer.quantize(chunk).z_q
+        pieces.append(tokenizer.decode(chunk).clamp(-1, 1))
+    return torch.cat(pieces, dim=2)
+
+
+def write_videos(videos: torch.Tensor, out_dir: str | Path, names: Sequence[str], fps: float) -> list[Path]:
+    """One mp4 per video plus, for the batch, an animated GIF and a PNG grid; returns the mp4 paths."""
+    from vqvdm_scale.data.video_io import encode_mp4
+    from vqvdm_scale.monitor.media import gif_bytes, png_grid, tile_videos, to_uint8
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    frames = to_uint8(videos)  # N,T,H,W,3
+    paths = []
+    for name, f in zip(names, frames, strict=True):
+        p = out / f"{name}.mp4"
+        p.write_bytes(encode_mp4(_even(f), fps))
+        paths.append(p)
+    stem = names[0] if len(names) == 1 else f"{names[0]}__{names[-1]}"
+    (out / f"{stem}.gif").write_bytes(gif_bytes(tile_videos(videos), fps))
+    png_grid(videos, str(out / f"{stem}.png"))
+    return paths
+
+
+def _even(frames: Any) -> Any:
+    """H.264 in yuv420p needs even sizes; pad by one edge pixel where needed."""
+    import numpy as np
+
+    h, w = frames.shape[1:3]
+    if h % 2 or w % 2:
+        frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+    return frames

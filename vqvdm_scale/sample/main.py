@@ -1,0 +1,140 @@
+"""``launchers/sample.py``: class-conditional and long videos from a trained run, as mp4 + gif + png files.
+
+Under torchrun/deepspeed each rank makes the videos whose index ``i % world_size == rank`` and names
+files by the global index, so ranks never collide. Video ``i`` is made in a batch seeded from
+``(seed, first index of the batch)``: the same command gives the same videos.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+from tqdm import tqdm
+
+from vqvdm_scale.config import ConfigError, to_dict
+from vqvdm_scale.engine.checkpoint import latest_checkpoint
+from vqvdm_scale.engine.env import barrier, get_rank, get_world_size, init_distributed, pick_device, print0
+from vqvdm_scale.formats.tokenizer_export import load_tokenizer
+from vqvdm_scale.sample.api import (
+    EMA_FILE,
+    SampleConfig,
+    decode_latents,
+    generate_latents,
+    load_ema,
+    write_videos,
+)
+
+
+@dataclass
+class SampleRunConfig:
+    """What to sample and where to write it.
+
+    Args:
+        run: a training run dir (its latest checkpoint's EMA is used), or
+        checkpoint: a checkpoint dir (``.../checkpoints/step_XXXXXXXX``) or an ``ema.safetensors`` file.
+        tokenizer: the stage-1 export; its fingerprint must match the one the model was trained with.
+        class_id: the class to sample (or all_classes: cycle through every class).
+        batch_size: videos per sampler call on a rank (CFG doubles it inside).
+    """
+
+    run: Optional[str] = None
+    checkpoint: Optional[str] = None
+    tokenizer: str = ""
+    class_id: Optional[int] = None
+    all_classes: bool = False
+    num_videos: int = 4
+    batch_size: int = 4
+    output: str = "samples"
+    fps: Optional[float] = None
+    device: str = "auto"
+    progress: bool = True
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+    def __post_init__(self) -> None:
+        if (self.run is None) == (self.checkpoint is None):
+            raise ConfigError("give exactly one of --run DIR or --checkpoint PATH")
+        if not self.tokenizer:
+            raise ConfigError("--tokenizer is required: the stage-1 export the model's latents came from")
+        if self.num_videos < 1 or self.batch_size < 1:
+            raise ConfigError("--num-videos and --batch-size must be >= 1")
+
+    def ema_path(self) -> Path:
+        """The ema.safetensors file to load."""
+        if self.checkpoint:
+            p = Path(self.checkpoint)
+            return p if p.is_file() else p / EMA_FILE
+        ckpt = latest_checkpoint(Path(str(self.run)) / "checkpoints")
+        if ckpt is None:
+            raise FileNotFoundError(
+                f"{self.run} has no complete checkpoint: train first or pass --checkpoint"
+            )
+        return ckpt / EMA_FILE
+
+
+def main(cfg: SampleRunConfig) -> list[Path]:
+    """Sample this rank's share of videos; return the mp4 paths it wrote."""
+    init_distributed()
+    rank, world = get_rank(), get_world_size()
+    device = pick_device(cfg.device)
+    sm = load_ema(cfg.ema_path(), device)
+    tokenizer, _, fingerprint = load_tokenizer(cfg.tokenizer, device)
+    if fingerprint != sm.tokenizer_fingerprint:
+        raise ValueError(
+            f"tokenizer {cfg.tokenizer} has fingerprint {fingerprint[:16]}..., but the model was trained on latents "
+            f"of {sm.tokenizer_fingerprint[:16]}...: pass the tokenizer the latent cache was encoded with"
+        )
+    num_classes = sm.net.config.num_classes
+    if cfg.class_id is not None and not 0 <= cfg.class_id < max(num_classes, 1):
+        raise ValueError(
+            f"--class-id {cfg.class_id} is outside the model's {num_classes} classes {sm.classes}"
+        )
+    out = Path(cfg.output)
+    out.mkdir(parents=True, exist_ok=True)
+    mine = [i for i in range(cfg.num_videos) if i % world == rank]
+    fps = cfg.fps or sm.spec.fps
+    paths: list[Path] = []
+    bar = tqdm(
+        total=len(mine), desc=f"sample rank {rank}", position=rank, disable=not cfg.progress, unit="video"
+    )
+    for start in range(0, len(mine), cfg.batch_size):
+        idx = mine[start : start + cfg.batch_size]
+        if cfg.all_classes or cfg.class_id is None:
+            labels = [i % max(num_classes, 1) for i in idx]
+        else:
+            labels = [cfg.class_id] * len(idx)
+        g = torch.Generator(device=device).manual_seed(cfg.sample.seed * 1_000_003 + idx[0])
+        y = torch.tensor(labels, device=device)
+        z = generate_latents(sm.net, sm.diffusion, sm.spec, y, cfg.sample, generator=g, progress=cfg.progress)
+        video = decode_latents(tokenizer, z, sm.spec, cfg.sample.quantize)
+        names = [
+            f"video_{i:05d}_class{c:03d}_{_slug(sm.classes, c)}" for i, c in zip(idx, labels, strict=True)
+        ]
+        paths += write_videos(video.cpu(), out, names, fps)
+        bar.update(len(idx))
+    bar.close()
+    if rank == 0:
+        (out / "sampling.json").write_text(
+            json.dumps(
+                {
+                    "ema": str(cfg.ema_path()),
+                    "step": sm.step,
+                    "tokenizer": cfg.tokenizer,
+                    "classes": sm.classes,
+                    "world_size": world,
+                    "config": to_dict(cfg),
+                },
+                indent=2,
+            )
+        )
+    barrier()
+    print0(f"wrote {cfg.num_videos} videos ({cfg.sample.num_clips} clip(s) each) to {out}")
+    return paths
+
+
+def _slug(classes: list[str], c: int) -> str:
+    name = classes[c] if 0 <= c < len(classes) else "uncond"
+    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name)[:40]
