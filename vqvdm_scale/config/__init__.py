@@ -3,6 +3,7 @@
 from vqvdm_scale.config.cli import parse_cli
 from vqvdm_scale.config.core import (
     ConfigError,
+    UserError,
     dump_config,
     from_dict,
     load_config,
@@ -13,6 +14,7 @@ from vqvdm_scale.config.core import (
 
 __all__ = [
     "ConfigError",
+    "UserError",
     "dump_config",
     "from_dict",
     "load_config",

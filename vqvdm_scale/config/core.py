@@ -30,7 +30,14 @@ def register_presets(cls: type, getter: Callable[[str], Any]) -> None:
     _PRESETS[cls] = getter
 
 
-class ConfigError(ValueError):
+class UserError(ValueError):
+    """A mistake the user can fix (bad input, missing file, bad value); entries print it as one line, exit 2.
+
+    Anything else that escapes ``main()`` is a bug and keeps its traceback.
+    """
+
+
+class ConfigError(UserError):
     """A config key or value a user wrote is wrong; the message says which and what is allowed."""
 
 
@@ -267,6 +274,7 @@ def override_types_hint(cls: type) -> dict[str, str]:
 
 __all__ = [
     "ConfigError",
+    "UserError",
     "dump_config",
     "from_dict",
     "load_config",
