@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import REPO
-from vqvdm_scale.config import ConfigError
+from vqvdm_scale.config import ConfigError, UserError
 from vqvdm_scale.data.synthetic import class_colour, make_synthetic_video, write_synthetic_dataset
 from vqvdm_scale.data.video_io import decode_mp4_bytes, encode_mp4
 from vqvdm_scale.prep.layouts import list_items
@@ -102,7 +102,15 @@ def test_shared_bad_videos(shared_data: Path, tmp_path: Path) -> None:
     cfg = ShardsConfig(
         input=str(shared_data / "bad_videos"), output=str(tmp_path / "out"), resolution=32, progress=False
     )
-    manifest = main(cfg)
+    report = tmp_path / "out" / "manifest.json"
+    with pytest.raises(UserError) as err:
+        main(cfg)
+    # one line: how many inputs, the counts by reason, and where the per-input report is
+    assert str(err.value) == (
+        "make_shards: all 3 inputs were skipped (decode_error=1, too_short=2), so no shard was written; "
+        f"the reason for each input is in {report}"
+    )
+    manifest = json.loads(report.read_text())
     reasons = {s["source"]: s["reason"] for s in manifest["skipped"]}
     assert reasons == {
         "corrupted_h264.mp4": "decode_error",
@@ -111,7 +119,7 @@ def test_shared_bad_videos(shared_data: Path, tmp_path: Path) -> None:
     }
     assert manifest["skip_counts"] == {"decode_error": 1, "too_short": 2}
     assert manifest["num_samples"] == 0 and manifest["shards"] == []
-    assert (tmp_path / "out" / "shard-000000.tar").exists()  # planned shards are written even when empty
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["manifest.json"]  # no empty shard left
 
     # keep_partial keeps the frames decoded before the error, and says so; min_frames=1 keeps the short ones.
     manifest = main(
@@ -178,6 +186,64 @@ def test_generated_bad_inputs(tmp_path: Path) -> None:
     assert samples["gray.mkv"]["json"]["size"] == [32, 42]
     frames, _ = decode_mp4_bytes(samples["gray.mkv"]["mp4"])
     assert np.abs(frames[..., 0].astype(int) - frames[..., 1]).max() <= 3  # grey stays grey through RGB
+
+
+def test_all_inputs_bad_fails_with_report(tmp_path: Path) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "zero.mp4").write_bytes(b"")
+    (src / "a_text.mp4").write_text("not a video\n" * 50)
+    (src / "b_noise.mkv").write_bytes(
+        np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes()
+    )
+    short = tiny_mp4(src / "short.mp4", frames=3)
+    out = tmp_path / "out"
+    cfg = ShardsConfig(input=str(src), output=str(out), resolution=32, shard_size=2, progress=False)
+    with pytest.raises(UserError, match=r"^make_shards: all 4 inputs were skipped \(") as err:
+        main(cfg)
+    message = str(err.value)
+    assert "\n" not in message and "not_a_video=2, too_short=1, zero_byte=1" in message
+    assert message.endswith(f"is in {out / 'manifest.json'}")
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert {s["source"]: s["reason"] for s in manifest["skipped"]} == {
+        "a_text.mp4": "not_a_video",
+        "b_noise.mkv": "not_a_video",
+        "short.mp4": "too_short",
+        "zero.mp4": "zero_byte",
+    }
+    assert manifest["shards"] == [] and manifest["num_samples"] == 0
+    assert sorted(p.name for p in out.iterdir()) == [
+        "manifest.json"
+    ]  # neither of the 2 planned shards is left
+
+    # one input: the message does not say "all 1 inputs"; the re-run after a fix writes the shard
+    for bad in ("zero.mp4", "a_text.mp4", "b_noise.mkv"):
+        (src / bad).unlink()
+    with pytest.raises(UserError, match=r"the only input was skipped \(too_short=1\)"):
+        main(cfg)
+    tiny_mp4(short, frames=20)
+    manifest = main(cfg)
+    assert manifest["num_samples"] == 1 and manifest["skipped"] == []
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "shard-000000.json", "shard-000000.tar"]
+
+
+def test_some_bad_inputs_still_write_every_planned_shard(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "a_zero.mp4").write_bytes(b"")
+    (src / "b_text.mp4").write_text("not a video\n" * 50)
+    tiny_mp4(src / "c_good.mp4", frames=20)
+    manifest = main(
+        ShardsConfig(
+            input=str(src), output=str(tmp_path / "out"), shard_size=2, resolution=32, progress=False
+        )
+    )
+    assert manifest["num_samples"] == 1 and [s["name"] for s in manifest["shards"]] == ["shard-000001.tar"]
+    assert (tmp_path / "out" / "shard-000000.tar").exists()  # empty, but kept: numbering is stable
+    printed = capsys.readouterr().out
+    assert "wrote 1 video in 1 shard to" in printed and "(0 of 2 shards already complete)" in printed
 
 
 def test_npy_storage_and_keys(tmp_path: Path) -> None:

@@ -15,7 +15,9 @@ video skips it (the frames before the error may already be concealment garbage) 
 set, in which case a prefix of at least ``min_frames`` frames is kept and listed under ``partial``.
 
 Every planned shard file is written, even one whose videos were all skipped (an empty tar), so shard
-numbering is stable across re-runs; ``manifest.json`` lists only the non-empty shards.
+numbering is stable across re-runs; ``manifest.json`` lists only the non-empty shards. When every input was
+skipped, the job fails instead (:class:`~vqvdm_scale.config.UserError`): the empty shards and their sidecars
+are removed and ``manifest.json`` is left as the skip report, listing each input with its reason.
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ import numpy as np
 from fsspec.core import url_to_fs
 from tqdm import tqdm
 
-from vqvdm_scale.config import ConfigError, to_dict
+from vqvdm_scale.config import ConfigError, UserError, to_dict
+from vqvdm_scale.config.text import plural
 from vqvdm_scale.data.video_io import (
     DEFAULT_CRF,
     DEFAULT_PRESET,
@@ -189,7 +192,7 @@ def make_sample(index: int, item: VideoItem, cfg: ShardsConfig) -> tuple[dict[st
     if video.error is not None and (not cfg.keep_partial or video.num_frames < cfg.min_frames):
         raise SkipVideo("decode_error", video.error)
     if video.num_frames < cfg.min_frames:
-        raise SkipVideo("too_short", f"{video.num_frames} frames < min_frames={cfg.min_frames}")
+        raise SkipVideo("too_short", f"{plural(video.num_frames, 'frame')} < min_frames={cfg.min_frames}")
     meta = {
         "label": item.label,
         "class_name": item.class_name,
@@ -273,6 +276,15 @@ def _is_memory(fs: fsspec.AbstractFileSystem) -> bool:
     return "memory" in protocol
 
 
+def _remove_shards(fs: fsspec.AbstractFileSystem, root: str, tasks: list[_ShardTask]) -> None:
+    """Delete the (empty) shards of ``tasks`` and their sidecars: a job that kept no video leaves no shard."""
+    for task in tasks:
+        for name in (shard_name(task.index), _sidecar_name(task.index)):
+            path = join_url(root, name)
+            if fs.exists(path):
+                fs.rm(path)
+
+
 def main(cfg: ShardsConfig) -> dict[str, Any]:
     """Shard the videos of ``cfg.input`` into ``cfg.output``; returns the manifest (also written as manifest.json)."""
     start = time.time()
@@ -282,7 +294,7 @@ def main(cfg: ShardsConfig) -> dict[str, Any]:
         raise ConfigError("output: give the output folder or URL (local path, s3://, gs://, memory://)")
     listing = list_items(cfg.layout, cfg.input, cfg.split_file, cfg.extensions)
     if not listing.items:
-        raise ValueError(
+        raise UserError(
             f"no videos found in {cfg.input!r} for layout {cfg.layout!r} (extensions {', '.join(cfg.extensions)})"
         )
     fs, root = url_to_fs(cfg.output)
@@ -339,12 +351,20 @@ def main(cfg: ShardsConfig) -> dict[str, Any]:
         "skip_counts": dict(sorted(Counter(s["reason"] for s in skipped).items())),
         "partial": [p for side in ordered for p in side["partial"]],
     }
+    if manifest["num_samples"] == 0:
+        _remove_shards(fs, root, tasks)
     write_json(fs, root, MANIFEST_NAME, manifest)
     reasons = ", ".join(f"{k}={v}" for k, v in manifest["skip_counts"].items()) or "none"
+    if manifest["num_samples"] == 0:
+        which = f"all {len(skipped)} inputs were" if len(skipped) != 1 else "the only input was"
+        raise UserError(
+            f"make_shards: {which} skipped ({reasons}), so no shard was written; the reason for each input "
+            f"is in {join_url(cfg.output, MANIFEST_NAME)}"
+        )
     print(
-        f"make_shards: wrote {manifest['num_samples']} videos in {len(manifest['shards'])} shards to {cfg.output} "
-        f"({len(tasks) - len(todo)} of {len(tasks)} shards already complete); skipped {len(skipped)} "
-        f"({reasons}); {time.time() - start:.1f}s",
+        f"make_shards: wrote {plural(manifest['num_samples'], 'video')} in {plural(len(manifest['shards']), 'shard')} "
+        f"to {cfg.output} ({len(tasks) - len(todo)} of {plural(len(tasks), 'shard')} already complete); skipped "
+        f"{len(skipped)} ({reasons}); {time.time() - start:.1f}s",
         flush=True,
     )
     return manifest
