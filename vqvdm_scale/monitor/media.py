@@ -47,10 +47,46 @@ def gif_bytes(frames: np.ndarray, fps: float) -> bytes:
     return buf.getvalue()
 
 
-def png_grid(video: torch.Tensor, path: str, max_frames: int = 16) -> None:
-    """Save ``[N, C, T, H, W]`` as a PNG grid: one row per video, one column per frame."""
+def grid_frame_indices(num_frames: int, max_frames: int) -> list[int]:
+    """The frames a grid shows: all of them, or ``max_frames`` evenly spread from the first to the last."""
+    if max_frames < 1:
+        raise ValueError(f"max_frames must be >= 1, got {max_frames}")
+    if num_frames <= max_frames:
+        return list(range(num_frames))
+    if max_frames == 1:
+        return [num_frames - 1]
+    return [round(i * (num_frames - 1) / (max_frames - 1)) for i in range(max_frames)]
+
+
+def grid_image(video: torch.Tensor, columns: int = 16, max_frames: int = 64, gap: int = 2) -> np.ndarray:
+    """``[N, C, T, H, W]`` -> one uint8 picture ``[rows*H (+ gaps), columns*W, 3]`` of the frames in time order.
+
+    Every frame is shown when ``T <= max_frames`` (otherwise ``max_frames`` of them, spread evenly and always
+    including the first and the last). A video's frames fill rows of ``columns`` left to right, so a long
+    video takes several rows; the last row is padded with black, and when a video takes more than one row,
+    videos are separated by ``gap`` white pixel rows. Short videos keep one row per video, one column per frame.
+    """
+    n, _, t = video.shape[:3]
+    idx = grid_frame_indices(t, max_frames)
+    frames = to_uint8(video[:, :, idx])  # N,T',H,W,3
+    shown = len(idx)
+    cols = min(columns, shown)
+    rows = (shown + cols - 1) // cols
+    if rows * cols > shown:
+        pad = np.zeros((n, rows * cols - shown, *frames.shape[2:]), np.uint8)
+        frames = np.concatenate([frames, pad], axis=1)
+    tiles = rearrange(frames, "n (r c) h w x -> n (r h) (c w) x", r=rows, c=cols)
+    if rows == 1 or n == 1 or gap == 0:
+        return np.ascontiguousarray(rearrange(tiles, "n h w x -> (n h) w x"))
+    line = np.full((gap, tiles.shape[2], 3), 255, np.uint8)
+    parts: list[np.ndarray] = []
+    for i, tile in enumerate(tiles):
+        parts.extend([line, tile] if i else [tile])
+    return np.ascontiguousarray(np.concatenate(parts, axis=0))
+
+
+def png_grid(video: torch.Tensor, path: str, columns: int = 16, max_frames: int = 64) -> None:
+    """Save ``[N, C, T, H, W]`` as a PNG grid of every video's frames (see :func:`grid_image`)."""
     from PIL import Image
 
-    frames = to_uint8(video[:, :, :max_frames])  # N,T,H,W,3
-    grid = rearrange(frames, "n t h w x -> (n h) (t w) x")
-    Image.fromarray(np.ascontiguousarray(grid)).save(path)
+    Image.fromarray(grid_image(video, columns, max_frames)).save(path)
