@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch.utils.data import IterableDataset
 
 from vqvdm_scale.config.core import ConfigError
+from vqvdm_scale.config.text import plural
 from vqvdm_scale.data.loader import (
     Batch,
     LoaderState,
@@ -362,7 +363,8 @@ def build_clip_loader(
     elif not train:
         if len(urls) < world_size:
             raise ValueError(
-                f"{len(urls)} eval shards cannot be split over {world_size} ranks: write more eval shards"
+                f"{plural(len(urls), 'eval shard')} cannot be split over {plural(world_size, 'rank')}: "
+                "write more eval shards"
             )
         num_workers = min(num_workers, len(urls) // world_size)  # an idle eval worker only costs a start
     return ClipLoader(

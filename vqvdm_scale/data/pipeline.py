@@ -25,6 +25,7 @@ import webdataset as wds
 from torch.utils.data import get_worker_info
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
+from vqvdm_scale.config.text import plural
 from vqvdm_scale.formats.fs import open_url
 
 log = logging.getLogger(__name__)
@@ -173,6 +174,7 @@ def check_enough_shards(num_shards: int, world_size: int, num_workers: int) -> N
     readers = world_size * max(1, num_workers)
     if num_shards < readers:
         raise ValueError(
-            f"{num_shards} shards cannot feed {world_size} ranks x {max(1, num_workers)} workers = {readers} "
+            f"{plural(num_shards, 'shard')} cannot feed {plural(world_size, 'rank')} x "
+            f"{plural(max(1, num_workers), 'worker')} = {readers} "
             "readers without repetition: write more shards (--shard-size smaller) or set data.resampled=true"
         )

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import braceexpand
 from fsspec.core import url_to_fs
 
+from vqvdm_scale.config.text import plural
 from vqvdm_scale.formats.fs import MANIFEST_NAME, SHARD_SPEC_FORMS, join_url, read_manifest
 
 
@@ -72,7 +73,10 @@ def _check_exist(urls: list[str], spec: str) -> None:
             missing.append(url)
     if missing:
         shown = ", ".join(missing[:3]) + (f" (and {len(missing) - 3} more)" if len(missing) > 3 else "")
-        raise ValueError(f"{len(missing)} of {len(urls)} shards given by {spec!r} do not exist: {shown}")
+        verb = "does" if len(missing) == 1 else "do"
+        raise ValueError(
+            f"{len(missing)} of {plural(len(urls), 'shard')} given by {spec!r} {verb} not exist: {shown}"
+        )
 
 
 def _resolve_one(spec: str) -> list[str]:

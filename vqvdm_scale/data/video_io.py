@@ -18,6 +18,8 @@ import av.error
 import numpy as np
 from PIL import Image
 
+from vqvdm_scale.config.text import plural
+
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 # x264 settings for shard re-encodes. threads=1 and no-mbtree make the bytes reproducible: with
@@ -178,7 +180,7 @@ def _decode_container(
     except (av.error.FFmpegError, ValueError, MemoryError) as e:
         if not frames:
             raise VideoReadError("decode_error", f"{name}: decoding failed before any frame ({e})") from e
-        error = f"decoding stopped after {len(frames)} frames: {e}"
+        error = f"decoding stopped after {plural(len(frames), 'frame')}: {e}"
     if orig_size is None or out_size is None:
         return DecodedVideo(np.zeros((0, 2, 2, 3), np.uint8), fps, (0, 0), error)
     return DecodedVideo(np.stack(frames), fps, orig_size, error)
@@ -223,7 +225,7 @@ def decode_frames_dir(
         except (OSError, ValueError) as e:
             if not frames:
                 raise VideoReadError("decode_error", f"{file}: unreadable frame image ({e})") from e
-            error = f"frame {file.name} unreadable after {len(frames)} frames: {e}"
+            error = f"frame {file.name} unreadable after {plural(len(frames), 'frame')}: {e}"
             break
         if orig_size is None:
             orig_size = (int(rgb.shape[0]), int(rgb.shape[1]))

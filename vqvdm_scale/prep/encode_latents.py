@@ -50,6 +50,7 @@ from fsspec.core import url_to_fs
 from tqdm import tqdm
 
 from vqvdm_scale.config import ConfigError, to_dict
+from vqvdm_scale.config.text import plural
 from vqvdm_scale.data.latents import LATENT_FORMAT, codebook_sha256, stats_from_sums
 from vqvdm_scale.data.pipeline import ErrorCounter, shard_sample_pipeline
 from vqvdm_scale.data.urls import resolve_shards
@@ -80,7 +81,7 @@ _BARRIER_TIMEOUT_S = 7 * 24 * 3600.0
 class EncodeConfig:
     """Options of encode_latents (CLI: data_prep/encode_latents.py)."""
 
-    tokenizer: str = ""  # exported tokenizer (.safetensors from export_tokenizer)
+    tokenizer: str = ""  # exported tokenizer: <run.dir>/tokenizer.safetensors of launchers/train_vqgan.py
     input: str = ""  # video shards: directory with manifest.json, brace pattern or list
     output: str = ""  # latent shard folder: local path or fsspec URL
     windows: str = "all"  # "all" non-overlapping windows per video, or N evenly spaced windows
@@ -398,9 +399,10 @@ def _write_manifest(
     write_json(fs, root, MANIFEST_NAME, manifest)
     reasons = ", ".join(f"{k}={v}" for k, v in manifest["counts"]["skip_counts"].items()) or "none"
     print(
-        f"encode_latents: {manifest['num_samples']} latent samples ({cfg.store}, {manifest['dtype']} "
-        f"{manifest['sample_shape']}) of {manifest['counts']['videos']} videos in {len(manifest['shards'])} "
-        f"shards at {cfg.output}; skipped {manifest['counts']['skipped']} ({reasons})",
+        f"encode_latents: {plural(manifest['num_samples'], 'latent sample')} ({cfg.store}, {manifest['dtype']} "
+        f"{manifest['sample_shape']}) of {plural(manifest['counts']['videos'], 'video')} in "
+        f"{plural(len(manifest['shards']), 'shard')} at {cfg.output}; skipped {manifest['counts']['skipped']} "
+        f"({reasons})",
         flush=True,
     )
     return manifest
@@ -408,7 +410,9 @@ def _write_manifest(
 
 def _check_inputs(cfg: EncodeConfig) -> None:
     if not cfg.tokenizer:
-        raise ConfigError("tokenizer: give the exported tokenizer file (.safetensors from export_tokenizer)")
+        raise ConfigError(
+            "tokenizer: give the exported tokenizer file (<run.dir>/tokenizer.safetensors of launchers/train_vqgan.py)"
+        )
     if not cfg.input:
         raise ConfigError(
             "input: give the video shards (directory with manifest.json, brace pattern or list)"
@@ -502,8 +506,9 @@ def _run(cfg: EncodeConfig, rank: int, world: int) -> dict[str, Any]:
     encoded = sum(s["count"] for s in written)
     elapsed = time.time() - start
     print(
-        f"encode_latents rank {rank}/{world}: {encoded} windows of {sum(s['videos'] for s in written)} videos in "
-        f"{len(todo)} shards ({len(mine) - len(todo)} of {len(mine)} already complete); skipped "
+        f"encode_latents rank {rank}/{world}: {plural(encoded, 'window')} of "
+        f"{plural(sum(s['videos'] for s in written), 'video')} in {plural(len(todo), 'shard')} "
+        f"({len(mine) - len(todo)} of {len(mine)} already complete); skipped "
         f"{sum(len(s['skipped']) for s in written)}; {encoded / max(elapsed, 1e-9):.1f} clips/s, {elapsed:.1f}s",
         flush=True,
     )
