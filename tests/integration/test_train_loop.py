@@ -19,7 +19,7 @@ from vqvdm_scale.engine.checkpoint import complete_checkpoints, latest_checkpoin
 from vqvdm_scale.engine.config import TrainConfig
 from vqvdm_scale.engine.deepspeed_engine import build_engine
 from vqvdm_scale.train.config import RunConfig
-from vqvdm_scale.train.loop import NonFiniteLossError, Trainer
+from vqvdm_scale.train.loop import NonFiniteLossError, Trainer, Update
 
 
 @dataclass
@@ -59,20 +59,21 @@ class ToyTrainer(Trainer):
     def build_loader(self, state: dict[str, Any] | None) -> ToyLoader:
         return ToyLoader(self.rank, state)
 
-    def micro_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float] | None:
-        eng = self.engines["net"]
+    def updates(self) -> list[Update]:
+        return [Update("net", self._loss)]
+
+    def _loss(
+        self, batch: dict[str, torch.Tensor], ctx: dict[str, Any]
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         x = batch["x"]
         # Noise from the global RNG makes the test sensitive to RNG restore on resume.
-        loss = ((eng(x + 0.01 * torch.randn_like(x)) - x.flip(1)) ** 2).mean()
+        loss = ((self.engines["net"](x + 0.01 * torch.randn_like(x)) - x.flip(1)) ** 2).mean()
         self.calls += 1
         if self.cfg.nan_at >= 0 and self.calls - 1 >= self.cfg.nan_at:
             loss = loss * float("nan")
-        if self.nonfinite(loss):
-            return None
-        eng.backward(loss)
-        eng.step()
-        self.losses.append(float(loss.detach()))
-        return {"loss": float(loss.detach())}
+        else:
+            self.losses.append(float(loss.detach()))
+        return loss, {"loss": float(loss.detach())}
 
 
 def _run(rank: int, world: int, run_dir: str, overrides: list[str]) -> list[float]:

@@ -1,8 +1,8 @@
-"""Checkpoints shared by both stages: DeepSpeed engine states + client state + per-rank RNG.
+"""Checkpoints shared by both stages: engine states + client state + per-rank RNG.
 
 Layout under ``<run>/checkpoints``::
 
-    step_00000100/<engine name>/...   DeepSpeed's files (ZeRO shards per rank)
+    step_00000100/<engine name>/...   the engine's files (DeepSpeed: ZeRO shards per rank)
     step_00000100/rank_00000.pt       this rank's RNG and loader state (tensors only)
     step_00000100/COMPLETE            written by rank 0 after every rank finished
     latest                            tag of the newest COMPLETE checkpoint (atomic rename)
@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from vqvdm_scale.engine.env import barrier, get_rank, get_world_size, is_main, print0
+from vqvdm_scale.engine.protocol import Engine
 
 LATEST = "latest"
 COMPLETE = "COMPLETE"
@@ -51,7 +53,7 @@ def latest_checkpoint(root: str | Path) -> Path | None:
 
 
 def save_checkpoint(
-    engines: dict[str, Any],
+    engines: Mapping[str, Engine],
     root: str | Path,
     step: int,
     client_state: dict[str, Any],
@@ -66,10 +68,7 @@ def save_checkpoint(
         (d / COMPLETE).unlink(missing_ok=True)
     barrier()
     for i, (name, engine) in enumerate(engines.items()):
-        # DeepSpeed's own 'latest' is written by rank 0 without waiting for the others; we keep our own.
-        engine.save_checkpoint(
-            str(d), tag=name, client_state=client_state if i == 0 else {}, save_latest=False
-        )
+        engine.save(str(d), name, client_state if i == 0 else {})
     torch.save(per_rank_state, d / f"rank_{get_rank():05d}.pt")
     barrier()  # every rank's files are on disk past this point
     if is_main():
@@ -84,7 +83,7 @@ def save_checkpoint(
 
 
 def load_checkpoint(
-    engines: dict[str, Any], root: str | Path
+    engines: Mapping[str, Engine], root: str | Path
 ) -> tuple[dict[str, Any], dict[str, Any]] | None:
     """Load the latest complete checkpoint into ``engines``; return (client_state, per-rank state) or None."""
     d = latest_checkpoint(root)
@@ -92,13 +91,9 @@ def load_checkpoint(
         return None
     client_state: dict[str, Any] = {}
     for i, (name, engine) in enumerate(engines.items()):
-        path, cs = engine.load_checkpoint(str(d), tag=name)
-        if path is None:
-            raise RuntimeError(
-                f"checkpoint {d / name} could not be loaded; delete {d} to fall back to an older one"
-            )
+        cs = engine.load(str(d), name)
         if i == 0:
-            client_state = cs or {}
+            client_state = cs
     rank_file = d / f"rank_{get_rank():05d}.pt"
     per_rank: dict[str, Any] = {}
     if rank_file.exists():

@@ -1,8 +1,9 @@
 """The one place DeepSpeed is touched: its JSON config, ``deepspeed.initialize`` and ZeRO-3 gathers.
 
-Models stay plain ``nn.Module``s; trainers get an engine from :func:`build_engine` and call
-``engine.backward(loss)`` / ``engine.step()``. Optimiser (torch AdamW) and LR schedule (linear warm-up
-then cosine) are built here too, so the DeepSpeed JSON only carries what DeepSpeed itself owns.
+Models stay plain ``nn.Module``s; :func:`build_engine` wraps one in a :class:`DeepSpeedEngine`, which
+implements :class:`~vqvdm_scale.engine.protocol.Engine` (forward, backward, step, save/load), the only
+engine API the loop and the stages see. Optimiser (torch AdamW) and LR schedule (linear warm-up then
+cosine) are built here too, so the DeepSpeed JSON only carries what DeepSpeed itself owns.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from torch import nn
@@ -58,19 +59,76 @@ def warmup_cosine(optim: OptimConfig, max_steps: int) -> Any:
     return fn
 
 
+class DeepSpeedEngine:
+    """:class:`~vqvdm_scale.engine.protocol.Engine` over a ``deepspeed.DeepSpeedEngine``."""
+
+    def __init__(self, engine: Any, module: nn.Module) -> None:
+        self._engine = engine
+        self._forward: Any = engine
+        self.module = module
+
+    def compile(self) -> None:
+        """Run the forward through ``torch.compile`` (the GPU path; also runs on CPU)."""
+        self._forward = torch.compile(self._engine)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._forward(*args, **kwargs)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self._engine.backward(loss)
+
+    def step(self) -> None:
+        self._engine.step()
+
+    def lr(self) -> Optional[float]:
+        lrs = self._engine.get_lr()
+        return float(lrs[0]) if lrs else None
+
+    def grad_norm(self) -> Optional[float]:
+        norm = self._engine.get_global_grad_norm()
+        return None if norm is None else float(norm)
+
+    def save(self, directory: str, tag: str, client_state: dict[str, Any]) -> None:
+        # DeepSpeed's own 'latest' is written by rank 0 without waiting for the others; we keep our own.
+        self._engine.save_checkpoint(directory, tag=tag, client_state=client_state, save_latest=False)
+
+    def load(self, directory: str, tag: str) -> dict[str, Any]:
+        path, client_state = self._engine.load_checkpoint(directory, tag=tag)
+        if path is None:
+            raise RuntimeError(
+                f"checkpoint {directory}/{tag} could not be loaded; delete {directory} to fall back to an older one"
+            )
+        return dict(client_state or {})
+
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        return full_state_dict(self.module)
+
+
 def build_engine(
     model: nn.Module,
     train: TrainConfig,
     optim: OptimConfig,
     world_size: int,
     params: Iterable[nn.Parameter] | None = None,
-) -> Any:
+) -> DeepSpeedEngine:
     """Wrap ``model`` in a DeepSpeed engine with AdamW + warm-up/cosine, per the config tree."""
     import deepspeed
 
-    trainable = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
+    opt = build_optimizer(params if params is not None else model.parameters(), train, optim)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(optim, train.max_steps))
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, optimizer=opt, lr_scheduler=sched, config=deepspeed_config(train, world_size)
+    )
+    return DeepSpeedEngine(engine, model)
+
+
+def build_optimizer(
+    params: Iterable[nn.Parameter], train: TrainConfig, optim: OptimConfig
+) -> torch.optim.Optimizer:
+    """The optimiser the config names (AdamW; fused on CUDA outside fp32) over the trainable ``params``."""
+    trainable = [p for p in params if p.requires_grad]
     fused = torch.cuda.is_available() and train.precision != "fp32"
-    opt = torch.optim.AdamW(
+    return torch.optim.AdamW(
         trainable,
         lr=optim.lr,
         betas=optim.betas,
@@ -78,11 +136,6 @@ def build_engine(
         weight_decay=optim.weight_decay,
         **({"fused": True} if fused else {}),
     )
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(optim, train.max_steps))
-    engine, _, _, _ = deepspeed.initialize(
-        model=model, optimizer=opt, lr_scheduler=sched, config=deepspeed_config(train, world_size)
-    )
-    return engine
 
 
 def is_partitioned(p: torch.Tensor) -> bool:

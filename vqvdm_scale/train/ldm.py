@@ -7,6 +7,7 @@ check the cache's fingerprint, to look codes up, and to decode sample videos for
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,10 +24,8 @@ from vqvdm_scale.data.latents import (
     read_latent_manifest,
 )
 from vqvdm_scale.diffusion import DiffusionConfig, DiffusionLoss, GaussianDiffusion
-from vqvdm_scale.engine.checkpoint import latest_checkpoint
 from vqvdm_scale.engine.config import TrainConfig
-from vqvdm_scale.engine.deepspeed_engine import build_engine, full_state_dict
-from vqvdm_scale.engine.ema import EMA
+from vqvdm_scale.engine.deepspeed_engine import build_engine
 from vqvdm_scale.engine.env import barrier, is_main, print0
 from vqvdm_scale.formats.tokenizer_export import load_tokenizer, read_fingerprint
 from vqvdm_scale.models.unet.model import UNet3D, UNetConfig
@@ -41,7 +40,7 @@ from vqvdm_scale.sample.api import (
     save_ema,
 )
 from vqvdm_scale.train.config import RunConfig
-from vqvdm_scale.train.loop import Trainer
+from vqvdm_scale.train.loop import Trainer, Update
 
 register_presets(UNetConfig, lambda name: unet_preset(name))  # lets YAML say model: {preset: tiny}
 
@@ -73,6 +72,21 @@ class LDMRunConfig:
             raise ConfigError(
                 f"diffusion.context_mode={self.diffusion.context_mode!r} needs model.context_frames=true"
             )
+
+
+def diffusion_step(
+    net: Callable[..., torch.Tensor], loss_fn: DiffusionLoss, z0: torch.Tensor, cond: dict[str, Any]
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The stage-2 step function: DDPM loss of one batch of latents, and the loss per timestep quarter."""
+    loss, per_sample, t = loss_fn(net, z0, cond)
+    logs = {"loss": float(loss.detach())}
+    bucket = (t * T_BUCKETS // loss_fn.diffusion.num_timesteps).tolist()
+    ps = per_sample.detach().tolist()
+    for b in range(T_BUCKETS):
+        vals = [v for v, k in zip(ps, bucket, strict=True) if k == b]
+        if vals:
+            logs[f"loss_t{b}"] = sum(vals) / len(vals)
+    return loss, logs
 
 
 def resolve_from_cache(cfg: LDMRunConfig) -> tuple[LDMRunConfig, dict[str, Any]]:
@@ -112,14 +126,14 @@ class LDMTrainer(Trainer):
         self.net = UNet3D(cfg.model)
         if cfg.train.channels_last and self.device.type == "cuda":
             self.net = self.net.to(memory_format=torch.channels_last_3d)
-        self.engines = {"unet": build_engine(self.net, cfg.train, cfg.train.optim, self.world_size)}
-        self.forward = self.engines["unet"]
+        engine = build_engine(self.net, cfg.train, cfg.train.optim, self.world_size)
         if cfg.train.compile:
-            self.forward = torch.compile(self.forward)
+            engine.compile()
+        self.engines = {"unet": engine}
+        self.ema_source = self.net
         self.diffusion = GaussianDiffusion(cfg.diffusion)
         self.loss_fn = DiffusionLoss(self.diffusion, cfg.model.num_classes)
         self.dtype = cfg.train.dtype
-        self.ema = EMA(self.net, cfg.train.ema_decay, holder=is_main()) if cfg.train.ema_decay > 0 else None
         self.tokenizer, _, self.fingerprint = load_tokenizer(cfg.tokenizer)
         mean, std = latent_stats(self.manifest)
         shape = tuple(int(s) for s in self.manifest["latent_shape"])
@@ -154,29 +168,19 @@ class LDMTrainer(Trainer):
             k: (v.to(self.dtype) if torch.is_tensor(v) and v.is_floating_point() else v)
             for k, v in kw.items()
         }
-        return self.forward(z_t.to(self.dtype), t, **kw)
+        return self.engines["unet"](z_t.to(self.dtype), t, **kw)
 
-    def micro_step(self, batch: dict[str, Any]) -> dict[str, float] | None:
-        """DDPM eps-loss (L_simple) on one micro-batch of cached latents."""
-        eng = self.engines["unet"]
+    def updates(self) -> list[Update]:
+        """One update: the diffusion loss of the U-Net."""
+        return [Update("unet", self._loss)]
+
+    def _loss(self, batch: dict[str, Any], ctx: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         z0 = batch["latent"].to(self.device, non_blocking=True)
         if not self._fps_seen:
             self.spec.fps, self._fps_seen = float(batch["fps"].median()), True
         if self.cfg.train.channels_last and self.device.type == "cuda":
             z0 = z0.contiguous(memory_format=torch.channels_last_3d)
-        loss, per_sample, t = self.loss_fn(self._net_call, z0, self._cond(batch))
-        if self.nonfinite(loss):
-            return None
-        eng.backward(loss)
-        eng.step()
-        logs = {"loss": float(loss.detach())}
-        bucket = (t * T_BUCKETS // self.diffusion.num_timesteps).tolist()
-        ps = per_sample.detach().tolist()
-        for b in range(T_BUCKETS):
-            vals = [v for v, k in zip(ps, bucket, strict=True) if k == b]
-            if vals:
-                logs[f"loss_t{b}"] = sum(vals) / len(vals)
-        return logs
+        return diffusion_step(self._net_call, self.loss_fn, z0, self._cond(batch))
 
     def flops_per_step(self, batch: Any) -> float:
         """FLOPs of forward+backward of one optimiser step, counted once on a meta-device copy."""
@@ -199,34 +203,12 @@ class LDMTrainer(Trainer):
             print0(f"note: FLOP counting failed ({type(e).__name__}: {e}); MFU is not logged")
             return 0.0
 
-    def after_step(self) -> None:
-        """EMA update after each optimiser step."""
-        if self.ema is not None and self.step % self.cfg.train.ema_every == 0:
-            self.ema.update(self.net)
-
-    def extra_state(self) -> dict[str, Any]:
-        """EMA weights go into the checkpoint."""
-        return {"ema": self.ema.state_dict()} if self.ema is not None else {}
-
-    def load_extra_state(self, state: dict[str, Any]) -> None:
-        """Restore EMA weights."""
-        if self.ema is not None and state.get("ema"):
-            self.ema.load_state_dict(state["ema"])
-
-    def _sampling_weights(self) -> dict[str, torch.Tensor]:
-        """EMA weights when EMA is on, else the live weights (gathered under ZeRO-3 on every rank)."""
-        if self.ema is not None:
-            return self.ema.state_dict()
-        return full_state_dict(self.net)
-
-    def save(self) -> None:
-        """Checkpoint, plus a pickle-free ``ema.safetensors`` that sampling loads."""
-        super().save()
-        weights = self._sampling_weights()
-        d = latest_checkpoint(self.ckpt_dir)
-        if is_main() and d is not None:
+    def on_checkpoint(self, directory: Path | None) -> None:
+        """Beside each checkpoint, a pickle-free ``ema.safetensors`` that sampling loads."""
+        weights = self.ema_weights()
+        if is_main() and directory is not None:
             save_ema(
-                d / EMA_FILE,
+                directory / EMA_FILE,
                 weights,
                 self.cfg.model,
                 self.cfg.diffusion,
@@ -240,7 +222,7 @@ class LDMTrainer(Trainer):
     @torch.no_grad()
     def media(self, step: int) -> None:
         """A few class-conditional samples from the EMA weights, decoded by the tokenizer (rank 0)."""
-        weights = self._sampling_weights()
+        weights = self.ema_weights()
         if not is_main() or self.cfg.media_videos < 1:
             return
         net = UNet3D(self.cfg.model)

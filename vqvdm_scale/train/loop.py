@@ -1,9 +1,11 @@
-"""The training loop both stages share: cadence, resume, NaN guard, meters, logging, checkpoints.
+"""The training loop both stages share: updates, NaN guard, EMA, cadence, resume, logging, checkpoints.
 
-A stage subclasses :class:`Trainer` and fills in ``build`` (models, engines), ``build_loader``,
-``micro_step`` (forward, backward, step for one micro-batch) and optionally ``media``/``finish``.
-Everything else — resuming by re-running the same command, the ``latest`` pointer, keep-K,
-skipping non-finite steps on every rank, TensorBoard — lives here once.
+A stage subclasses :class:`Trainer` and fills in ``build`` (its models and ``self.engines``, and the
+module to average in ``self.ema_source``), ``build_loader`` and ``updates`` (pure step functions: batch
+-> loss and scalars, one per engine it steps), and optionally ``media``/``finish``. The loop owns the
+rest once: grad accumulation, backward and step through the :class:`~vqvdm_scale.engine.protocol.Engine`
+protocol, the non-finite guard agreed on every rank, the EMA update, resuming by re-running the same
+command, the ``latest`` pointer and keep-K, and TensorBoard.
 """
 
 from __future__ import annotations
@@ -12,17 +14,20 @@ import json
 import math
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 from tqdm import tqdm
 
 from vqvdm_scale.config import dump_config, to_dict
 from vqvdm_scale.engine.checkpoint import load_checkpoint, save_checkpoint
 from vqvdm_scale.engine.config import TrainConfig
 from vqvdm_scale.engine.deepspeed_engine import deepspeed_config
+from vqvdm_scale.engine.ema import EMA
 from vqvdm_scale.engine.env import (
     any_rank_true,
     barrier,
@@ -34,6 +39,7 @@ from vqvdm_scale.engine.env import (
     seed_everything,
     set_rng_state,
 )
+from vqvdm_scale.engine.protocol import Engine
 from vqvdm_scale.monitor.logger import Logger, make_logger
 from vqvdm_scale.monitor.meters import StepTimer, peak_memory_gib
 from vqvdm_scale.train.config import RunConfig
@@ -41,6 +47,44 @@ from vqvdm_scale.train.config import RunConfig
 
 class NonFiniteLossError(RuntimeError):
     """Too many non-finite losses in a row."""
+
+
+LossFn = Callable[[Any, dict[str, Any]], tuple[torch.Tensor, dict[str, float]]]
+
+
+@dataclass(frozen=True)
+class Update:
+    """One optimiser update of a micro-step: ``loss(batch, ctx) -> (loss, scalars)``, stepped by ``engine``.
+
+    ``ctx`` is a dict shared by the updates of one micro-step (the VQGAN's discriminator update reads
+    the reconstruction its generator update left there).
+    """
+
+    engine: str
+    loss: LossFn
+
+
+def run_updates(
+    updates: Sequence[Update],
+    engines: Mapping[str, Engine],
+    batch: Any,
+    skip: Callable[[torch.Tensor], bool] = lambda loss: False,
+) -> dict[str, float] | None:
+    """One micro-step: each update's loss, backward and step in order; None once ``skip(loss)`` says so.
+
+    This is the whole of what the trainer runs per micro-batch (benchmarks time exactly this).
+    """
+    ctx: dict[str, Any] = {}
+    logs: dict[str, float] = {}
+    for update in updates:
+        loss, scalars = update.loss(batch, ctx)
+        if skip(loss):
+            return None
+        engine = engines[update.engine]
+        engine.backward(loss)
+        engine.step()
+        logs.update(scalars)
+    return logs
 
 
 class Trainer(ABC):
@@ -59,7 +103,9 @@ class Trainer(ABC):
         self.step = 0
         self.nonfinite_total = 0
         self._nonfinite_streak = 0
-        self.engines: dict[str, Any] = {}
+        self.engines: dict[str, Engine] = {}
+        self.ema_source: nn.Module | None = None  # set by build(): the module the EMA averages
+        self.ema: EMA | None = None
         self.loader: Any = None
         # Each rank gets its own stream of randomness, reproducible from the run seed.
         seed_everything(self.run_cfg.seed + 1000 * self.rank)
@@ -74,7 +120,7 @@ class Trainer(ABC):
     # ---- what a stage provides -------------------------------------------------------------------
     @abstractmethod
     def build(self) -> None:
-        """Build models and ``self.engines`` (first engine = the one whose client state is saved).
+        """Build models, ``self.engines`` (the first one's client state is saved) and ``self.ema_source``.
 
         Runs under the run seed shared by every rank, so all ranks start from the same weights.
         """
@@ -84,19 +130,12 @@ class Trainer(ABC):
         """An iterable of batches with ``state_dict()``, resumed from ``state``."""
 
     @abstractmethod
-    def micro_step(self, batch: Any) -> dict[str, float] | None:
-        """Forward/backward/step on one micro-batch; None when it was skipped as non-finite."""
+    def updates(self) -> list[Update]:
+        """The stage's step functions, in the order the loop applies them to each micro-batch."""
 
     def batch_size(self, batch: Any) -> int:
         """Samples in a batch (for throughput)."""
         return int(next(iter(batch.values())).shape[0]) if isinstance(batch, dict) else len(batch)
-
-    def extra_state(self) -> dict[str, Any]:
-        """Stage state saved in the checkpoint's client state (EMA, for instance)."""
-        return {}
-
-    def load_extra_state(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`extra_state` returned."""
 
     def media(self, step: int) -> None:
         """Videos/metrics for TensorBoard every ``run.media_every`` steps (rank 0 logs them)."""
@@ -108,10 +147,20 @@ class Trainer(ABC):
     def finish(self) -> None:
         """Work after the last step (exports)."""
 
-    def after_step(self) -> None:
-        """Work after each optimiser step (EMA updates)."""
+    def on_checkpoint(self, directory: Path | None) -> None:
+        """Work after each checkpoint (``directory`` is the new checkpoint; every rank calls it)."""
 
     # ---- shared machinery ------------------------------------------------------------------------
+    def micro_step(self, batch: Any) -> dict[str, float] | None:
+        """Every update on one micro-batch; None when a loss was non-finite on some rank (step skipped)."""
+        return run_updates(self._updates, self.engines, batch, self.nonfinite)
+
+    def ema_weights(self) -> dict[str, torch.Tensor]:
+        """EMA weights when EMA is on, else the live weights (every rank must call it: ZeRO-3 gathers)."""
+        if self.ema is not None:
+            return self.ema.state_dict()
+        return self.engines[next(iter(self.engines))].full_state_dict()
+
     def nonfinite(self, loss: torch.Tensor) -> bool:
         """True (on every rank) when the loss is NaN/Inf on any rank; counts and enforces the limit."""
         bad = any_rank_true(
@@ -140,10 +189,12 @@ class Trainer(ABC):
             "nonfinite_total": self.nonfinite_total,
             "config": to_dict(self.cfg),
             "loader": self.loader.state_dict() if self.loader is not None else {},
-            **self.extra_state(),
         }
+        if self.ema is not None:
+            client["ema"] = self.ema.state_dict()
         per_rank = {"rng": rng_state(), "loader": client["loader"]}
-        save_checkpoint(self.engines, self.ckpt_dir, self.step, client, per_rank, self.run_cfg.keep_last)
+        d = save_checkpoint(self.engines, self.ckpt_dir, self.step, client, per_rank, self.run_cfg.keep_last)
+        self.on_checkpoint(d)
 
     def resume(self) -> dict[str, Any] | None:
         """Load the latest complete checkpoint if there is one; return the loader state to resume."""
@@ -153,7 +204,8 @@ class Trainer(ABC):
         client, per_rank = loaded
         self.step = int(client["step"])
         self.nonfinite_total = int(client.get("nonfinite_total", 0))
-        self.load_extra_state(client)
+        if self.ema is not None and client.get("ema"):
+            self.ema.load_state_dict(client["ema"])
         if "rng" in per_rank:
             set_rng_state(per_rank["rng"])
         return per_rank.get("loader") or client.get("loader")
@@ -166,6 +218,9 @@ class Trainer(ABC):
         """Train to ``train.max_steps`` (resuming if a checkpoint exists); return the run dir."""
         torch.manual_seed(self.run_cfg.seed)  # identical initial weights on every rank
         self.build()
+        self._updates = self.updates()
+        if self.train_cfg.ema_decay > 0 and self.ema_source is not None:
+            self.ema = EMA(self.ema_source, self.train_cfg.ema_decay, holder=is_main())
         torch.manual_seed(self.run_cfg.seed + 1000 * self.rank + 1)  # back to this rank's own stream
         loader_state = self.resume()
         self.loader = self.build_loader(loader_state)
@@ -213,7 +268,8 @@ class Trainer(ABC):
                     logs_acc[k] = logs_acc.get(k, 0.0) + v / self.train_cfg.grad_accum
             self.step += 1
             timer.steps += 1
-            self.after_step()
+            if self.ema is not None and self.step % self.train_cfg.ema_every == 0:
+                self.ema.update(self.ema_source)  # type: ignore[arg-type]
             last_logs = logs_acc
             if self.step % self.run_cfg.log_every == 0 or self.step == max_steps:
                 perf = timer.summary(self.world_size)
@@ -259,10 +315,10 @@ class Trainer(ABC):
         """Extra scalars logged with every logging step (lr, for instance)."""
         out: dict[str, float] = {}
         for name, eng in self.engines.items():
-            lrs = eng.get_lr() if hasattr(eng, "get_lr") else []
-            if lrs:
-                out[f"lr/{name}"] = float(lrs[0])
-            gn = eng.get_global_grad_norm() if hasattr(eng, "get_global_grad_norm") else None
+            lr = eng.lr()
+            if lr is not None:
+                out[f"lr/{name}"] = lr
+            gn = eng.grad_norm()
             if gn is not None:
-                out[f"grad_norm/{name}"] = float(gn)
+                out[f"grad_norm/{name}"] = gn
         return out

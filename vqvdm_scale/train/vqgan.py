@@ -9,17 +9,18 @@ A finished run exports the tokenizer (safetensors + config + fingerprint) to ``<
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
+from torch import nn
 
 from vqvdm_scale.config.core import ConfigError, register_presets
 from vqvdm_scale.data import ClipLoaderConfig, LoaderState, build_clip_loader
 from vqvdm_scale.engine.config import TrainConfig
-from vqvdm_scale.engine.deepspeed_engine import build_engine, full_state_dict
-from vqvdm_scale.engine.ema import EMA
+from vqvdm_scale.engine.deepspeed_engine import build_engine
 from vqvdm_scale.engine.env import barrier, is_main, print0
 from vqvdm_scale.formats.tokenizer_export import export_tokenizer
 from vqvdm_scale.losses.vqgan_loss import VQGANLoss, VQGANLossConfig
@@ -32,7 +33,7 @@ from vqvdm_scale.models.tokenizer import (
     tokenizer_preset,
 )
 from vqvdm_scale.train.config import RunConfig
-from vqvdm_scale.train.loop import Trainer
+from vqvdm_scale.train.loop import Trainer, Update
 
 register_presets(TokenizerConfig, tokenizer_preset)  # lets YAML say model: {preset: tiny}
 
@@ -78,6 +79,42 @@ class VQGANRunConfig:
         return Path(self.export) if self.export else Path(self.run.dir) / "tokenizer.safetensors"
 
 
+def generator_step(
+    autoencoder: Callable[..., Any],
+    disc: nn.Module,
+    disc_forward: Callable[..., Any],
+    loss: VQGANLoss,
+    x: torch.Tensor,
+    step: int,
+    ctx: dict[str, Any],
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Stage-1 generator step function: reconstruction + LPIPS + VQ + adversarial + feature matching.
+
+    Leaves the input and the reconstruction in ``ctx`` for :func:`discriminator_step`.
+    """
+    x_rec, qout = autoencoder(x)
+    # Eq. 7's adaptive GAN weight takes gradient norms at the decoder's output (a fresh graph node)
+    # rather than at its last weight as in Esser et al.: DeepSpeed hooks parameters and engine outputs
+    # to detect its own backward, so an autograd.grad reaching them would run a gradient reduction
+    # mid-step. The output is one linear map away from that weight, so the ratio keeps its role.
+    xf, recf = x.float(), x_rec.float().clone()
+    disc.requires_grad_(False)  # the generator step must not leave grads in the disc engine
+    try:
+        g_loss, logs = loss.generator_loss(xf, recf, qout, disc_forward, step, recf)
+    finally:
+        disc.requires_grad_(True)
+    logs["psnr_batch"] = psnr(xf.detach(), recf.detach())
+    ctx["x"], ctx["rec"] = xf, recf
+    return g_loss, logs
+
+
+def discriminator_step(
+    disc_forward: Callable[..., Any], loss: VQGANLoss, ctx: dict[str, Any], step: int
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Stage-1 discriminator step function on the generator step's detached reconstruction."""
+    return loss.discriminator_loss(ctx["x"], ctx["rec"].detach(), disc_forward, step)
+
+
 class VQGANTrainer(Trainer):
     """The stage-1 step on top of the shared loop."""
 
@@ -96,7 +133,7 @@ class VQGANTrainer(Trainer):
             "discriminator": build_engine(self.disc, cfg.train, disc_optim, self.world_size),
         }
         self.dtype = cfg.train.dtype
-        self.ema = EMA(self.model, cfg.train.ema_decay, holder=is_main()) if cfg.train.ema_decay > 0 else None
+        self.ema_source = self.model
         self.heldout: torch.Tensor | None = None
 
     def build_loader(self, state: dict[str, Any] | None) -> Any:
@@ -114,49 +151,28 @@ class VQGANTrainer(Trainer):
         """Clips in a batch."""
         return int(batch["video"].shape[0])
 
-    def micro_step(self, batch: dict[str, Any]) -> dict[str, float] | None:
-        """Generator update, then discriminator update, on one micro-batch."""
-        ae, de = self.engines["autoencoder"], self.engines["discriminator"]
+    def updates(self) -> list[Update]:
+        """The generator update, then the discriminator update on the detached reconstruction."""
+        return [Update("autoencoder", self._generator), Update("discriminator", self._discriminator)]
+
+    def _generator(self, batch: dict[str, Any], ctx: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         x = batch["video"].to(self.device, self.dtype, non_blocking=True)
         if self.heldout is None:
             self.heldout = x[: self.cfg.eval_clips].detach().clone()
-        x_rec, qout = ae(x)
-        # Eq. 7's adaptive GAN weight takes gradient norms at the decoder's output (a fresh graph node)
-        # rather than at its last weight as in Esser et al.: DeepSpeed hooks parameters and engine outputs
-        # to detect its own backward, so an autograd.grad reaching them would run a gradient reduction
-        # mid-step. The output is one linear map away from that weight, so the ratio keeps its role.
-        xf, recf = x.float(), x_rec.float().clone()
-        self.disc.requires_grad_(False)  # the generator step must not leave grads in the disc engine
-        try:
-            g_loss, logs = self.loss.generator_loss(xf, recf, qout, de, self.step, recf)
-        finally:
-            self.disc.requires_grad_(True)
-        if self.nonfinite(g_loss):
-            return None
-        ae.backward(g_loss)
-        ae.step()
-        d_loss, d_logs = self.loss.discriminator_loss(xf, recf.detach(), de, self.step)
-        if self.nonfinite(d_loss):
-            return None
-        de.backward(d_loss)
-        de.step()
-        logs.update(d_logs)
-        logs["psnr_batch"] = psnr(xf.detach(), recf.detach())
-        return logs
+        return generator_step(
+            self.engines["autoencoder"],
+            self.disc,
+            self.engines["discriminator"],
+            self.loss,
+            x,
+            self.step,
+            ctx,
+        )
 
-    def after_step(self) -> None:
-        """EMA update after each optimiser step."""
-        if self.ema is not None and self.step % self.cfg.train.ema_every == 0:
-            self.ema.update(self.model)
-
-    def extra_state(self) -> dict[str, Any]:
-        """EMA weights go into the checkpoint."""
-        return {"ema": self.ema.state_dict()} if self.ema is not None else {}
-
-    def load_extra_state(self, state: dict[str, Any]) -> None:
-        """Restore EMA weights."""
-        if self.ema is not None and state.get("ema"):
-            self.ema.load_state_dict(state["ema"])
+    def _discriminator(
+        self, batch: dict[str, Any], ctx: dict[str, Any]
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        return discriminator_step(self.engines["discriminator"], self.loss, ctx, self.step)
 
     @torch.no_grad()
     def media(self, step: int) -> None:
@@ -177,10 +193,8 @@ class VQGANTrainer(Trainer):
 
     def finish(self) -> None:
         """Export the tokenizer (EMA weights when EMA is on) as the file later stages take."""
-        state = full_state_dict(self.model)  # every rank takes part in ZeRO-3 gathers
+        state = self.ema_weights()  # every rank takes part in ZeRO-3 gathers
         if is_main():
-            if self.ema is not None:
-                state = self.ema.state_dict()
             model = VQTokenizer(self.cfg.model)
             model.load_state_dict(state)
             path = self.cfg.export_path
