@@ -1,12 +1,16 @@
 """The whole pipeline at tiny scale on CPU, on the built-in synthetic dataset, in one command.
 
-    python launchers/quickstart.py [out=runs/quickstart] [vqgan_steps=300] [ldm_steps=400] ...
+    python launchers/quickstart.py [key=value ...]        # from a checkout
+    python -m vqvdm_scale.quickstart [key=value ...]      # from an installed package
+
+{defaults}
 
 1. synthetic videos -> make_shards     2. train the VQGAN (+ export)     3. encode latents
 4. train the latent U-Net              5. sample class-conditional and long videos
 6. check the classes are recognisable in inputs, reconstructions and samples (colour test)
 
-Every stage runs the same ``main`` its own command runs, with the tiny configs in ``configs/``.
+Every stage runs the same ``main`` its own command runs, with the tiny configs shipped in the package
+(``configs/vqgan/tiny.yaml``, ``configs/ldm/tiny.yaml``; see :mod:`vqvdm_scale.config.shipped`).
 Re-running the command resumes: finished shards, checkpoints and caches are kept.
 """
 
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import textwrap
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +26,8 @@ from typing import Any
 
 import torch
 
-from vqvdm_scale.config import ConfigError, load_config
+from vqvdm_scale.config import ConfigError, load_config, parse_cli
+from vqvdm_scale.config.shipped import shipped_config
 from vqvdm_scale.data import ClipLoaderConfig, build_clip_loader
 from vqvdm_scale.data.synthetic import write_synthetic_dataset
 from vqvdm_scale.engine.env import init_distributed, is_main, print0
@@ -36,8 +42,6 @@ from vqvdm_scale.sample.api import SampleConfig
 from vqvdm_scale.sample.main import SampleRunConfig
 from vqvdm_scale.sample.main import main as sample_main
 from vqvdm_scale.train import ldm, vqgan
-
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 @dataclass
@@ -56,8 +60,8 @@ class QuickstartConfig:
     videos_per_class_sampled: int = 2
     long_clips: int = 3
     long_overlap: int = 1
-    vqgan_config: str = str(CONFIGS / "vqgan" / "tiny.yaml")
-    ldm_config: str = str(CONFIGS / "ldm" / "tiny.yaml")
+    vqgan_config: str = str(shipped_config("vqgan/tiny.yaml"))
+    ldm_config: str = str(shipped_config("ldm/tiny.yaml"))
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -65,6 +69,20 @@ class QuickstartConfig:
             raise ConfigError(
                 "classes must be in 1..8 (the synthetic set has 8 distinct shape/motion/colour classes)"
             )
+
+
+def _defaults_text() -> str:
+    """QuickstartConfig's defaults as ``key=value`` words, so the docstring cannot drift from the dataclass."""
+    words = []
+    for f in dataclasses.fields(QuickstartConfig):
+        if f.name.endswith("_config"):  # the shipped tiny configs, absolute paths of this install
+            continue
+        value = getattr(QuickstartConfig, f.name)
+        words.append(f"{f.name}={str(value).lower() if isinstance(value, bool) else value}")
+    return textwrap.fill("Defaults: " + " ".join(words), width=100, subsequent_indent="    ")
+
+
+__doc__ = (__doc__ or "").replace("{defaults}", _defaults_text())
 
 
 def _stage(name: str) -> float:
@@ -253,3 +271,7 @@ def _report(out: Path, s: dict[str, Any]) -> None:
     )
     print0(f"videos: {out / 'samples'} (mp4 per video, gif + png grid per batch)")
     print0(f"watch the runs: tensorboard --logdir {out}")
+
+
+if __name__ == "__main__":
+    main(parse_cli(QuickstartConfig, description=__doc__))

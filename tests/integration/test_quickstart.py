@@ -12,8 +12,10 @@ from pathlib import Path
 import av
 import pytest
 
+import vqvdm_scale.quickstart
 from tests.helpers import run_on_ranks
 from vqvdm_scale.config import ConfigError, load_config
+from vqvdm_scale.config.shipped import shipped_config
 from vqvdm_scale.quickstart import QuickstartConfig, main
 from vqvdm_scale.sample.main import SampleRunConfig
 
@@ -78,3 +80,15 @@ def test_sample_config_errors_say_what_to_do() -> None:
         SampleRunConfig(tokenizer="t.safetensors")
     with pytest.raises(ConfigError, match="--tokenizer is required"):
         SampleRunConfig(run="r")
+
+
+def test_quickstart_docstring_states_the_dataclass_defaults_and_uses_the_shipped_configs() -> None:
+    doc = vqvdm_scale.quickstart.__doc__ or ""
+    assert "{defaults}" not in doc
+    for key in ("out", "classes", "vqgan_steps", "ldm_steps", "sample_steps", "guidance"):
+        assert f"{key}={getattr(QuickstartConfig, key)}" in doc.split(), key
+    cfg = QuickstartConfig()
+    assert (cfg.vqgan_config, cfg.ldm_config) == (
+        str(shipped_config("vqgan/tiny.yaml")),
+        str(shipped_config("ldm/tiny.yaml")),
+    )
