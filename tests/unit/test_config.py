@@ -74,3 +74,36 @@ def test_presets_fill_a_section_and_keys_override_them() -> None:
     assert cfg.model.width == 32 and cfg.model.mult == (1, 2, 4)
     with pytest.raises(ConfigError, match="preset"):
         load_config(Root, None, ["model.preset=nope"])
+
+
+def test_bad_config_files_are_config_errors_naming_the_file(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text("_base_: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("_base_: [ok.yaml, c.yaml]\n")
+    (tmp_path / "c.yaml").write_text("_base_: b.yaml\n")
+    (tmp_path / "ok.yaml").write_text("tokenizer: t\n")
+    with pytest.raises(ConfigError, match=r"_base_ loop in config files: b\.yaml -> c\.yaml -> b\.yaml"):
+        load_config(Root, tmp_path / "a.yaml")
+    (tmp_path / "bad.yaml").write_text("run:\n  dir: x\n   seed: 1\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml' is not valid YAML: .* at line 3"):
+        load_config(Root, tmp_path / "bad.yaml")
+    (tmp_path / "d.yaml").write_text("_base_: missing.yaml\n")
+    with pytest.raises(ConfigError, match=r"missing\.yaml' \(the _base_ of .*d\.yaml\) does not exist"):
+        load_config(Root, tmp_path / "d.yaml")
+    with pytest.raises(ConfigError, match="is a directory"):
+        load_config(Root, tmp_path)
+    # diamond inheritance (two files sharing a base) is not a loop
+    (tmp_path / "e.yaml").write_text("_base_: [ok.yaml, f.yaml]\n")
+    (tmp_path / "f.yaml").write_text("_base_: ok.yaml\nmodel:\n  width: 3\n")
+    assert load_config(Root, tmp_path / "e.yaml").model.width == 3
+
+
+def test_cadences_and_optimiser_values_are_validated() -> None:
+    for override, words in [
+        ("train.ema_every=0", "train.ema_every must be >= 1"),
+        ("train.ema_every=-2", "train.ema_every must be >= 1"),
+        ("run.ckpt_every=0", "run.ckpt_every must be >= 1"),
+        ("train.optim.betas=[0.9,1.0]", r"betas must each be in \[0, 1\)"),
+        ("train.optim.eps=0", "eps > 0"),
+    ]:
+        with pytest.raises(ConfigError, match=words):
+            load_config(Root, None, [override])

@@ -20,6 +20,7 @@ T = TypeVar("T")
 
 BASE_KEY = "_base_"
 PRESET_KEY = "preset"
+MISSING = dataclasses.MISSING  # the default of a field that has none (see flat_fields)
 
 # dataclass -> function(name) returning a preset instance; lets a section say ``preset: tiny``.
 _PRESETS: dict[type, Callable[[str], Any]] = {}
@@ -41,15 +42,16 @@ class ConfigError(UserError):
     """A config key or value a user wrote is wrong; the message says which and what is allowed."""
 
 
-def _type_name(tp: Any) -> str:
+def type_name(tp: Any) -> str:
+    """A short readable name of a config field type (``int | null``, ``list of str``)."""
     origin = get_origin(tp)
     if origin is Literal:
         return " | ".join(repr(a) for a in get_args(tp))
     if origin in (Union, types.UnionType):
-        return " | ".join(_type_name(a) for a in get_args(tp))
+        return " | ".join(type_name(a) for a in get_args(tp))
     if origin in (list, tuple, Sequence):
         args = get_args(tp)
-        inner = _type_name(args[0]) if args else "any"
+        inner = type_name(args[0]) if args else "any"
         return f"list of {inner}"
     if tp is type(None):
         return "null"
@@ -79,7 +81,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, arg, key)
             except ConfigError:
                 continue
-        raise ConfigError(f"{key}: {value!r} is not a valid {_type_name(tp)}")
+        raise ConfigError(f"{key}: {value!r} is not a valid {type_name(tp)}")
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
@@ -92,7 +94,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, (int, float, str)) and not isinstance(value, bool):
             value = [value]
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+            raise ConfigError(f"{key}: expected {type_name(tp)}, got {value!r}")
         args = get_args(tp)
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(args) != len(value):
@@ -196,13 +198,29 @@ def _deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]
     return out
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a config YAML, following ``_base_: other.yaml`` (relative to the file) for inheritance."""
+def read_yaml(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read a config YAML, following ``_base_: other.yaml`` (relative to the file) for inheritance.
+
+    A missing, unreadable or malformed file, and a ``_base_`` chain that comes back to a file it already
+    passed through, raise :class:`ConfigError` naming the file (and the chain).
+    """
     path = Path(path)
+    where = " (the _base_ of " + str(_chain[-1]) + ")" if _chain else ""
     if not path.exists():
-        raise ConfigError(f"config file {str(path)!r} does not exist")
-    with open(path) as f:
-        data = yaml.safe_load(f) or {}
+        raise ConfigError(f"config file {str(path)!r}{where} does not exist")
+    if path.is_dir():
+        raise ConfigError(f"config file {str(path)!r}{where} is a directory; give a YAML file")
+    resolved = path.resolve()
+    if resolved in _chain:
+        loop = " -> ".join(p.name for p in (*_chain[_chain.index(resolved) :], resolved))
+        raise ConfigError(f"_base_ loop in config files: {loop}; remove one of the _base_ keys")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {_yaml_problem(e)}") from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config file {str(path)!r} cannot be read: {e}") from e
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level of a config file must be a mapping")
     base = data.pop(BASE_KEY, None)
@@ -210,9 +228,27 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         bases = [base] if isinstance(base, str) else list(base)
         merged: dict[str, Any] = {}
         for b in bases:
-            merged = _deep_merge(merged, read_yaml(path.parent / b))
+            merged = _deep_merge(merged, read_yaml(path.parent / str(b), (*_chain, resolved)))
         data = _deep_merge(merged, data)
     return data
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """One line: what the YAML parser disliked and where (1-based line and column)."""
+    mark = getattr(e, "problem_mark", None)
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else str(problem)
+
+
+def _nest(dotted: str, value: Any, out: dict[str, Any], what: str) -> None:
+    """Set ``out[a][b][c] = value`` for ``dotted = "a.b.c"``."""
+    node = out
+    parts = dotted.strip().split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{what} conflicts with an earlier setting of {p!r}")
+    node[parts[-1]] = value
 
 
 def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
@@ -222,21 +258,30 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like section.key=value")
         dotted, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw != "" else ""
-        node = out
-        parts = dotted.strip().split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {item!r} conflicts with an earlier override of {p!r}")
-        node[parts[-1]] = value
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}: the value is not valid YAML ({_yaml_problem(e)})") from e
+        _nest(dotted, value, out, f"override {item!r}")
     return out
 
 
-def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
-    """Defaults of ``cls`` <- YAML file (with ``_base_``) <- ``a.b=c`` overrides, then validated."""
+def load_config(
+    cls: type[T],
+    path: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    values: Mapping[str, Any] | None = None,
+) -> T:
+    """Defaults of ``cls`` <- YAML file (with ``_base_``) <- ``values`` <- ``a.b=c`` overrides, validated.
+
+    ``values`` maps dotted keys to values (strings are converted like YAML scalars of the key's type);
+    the command line's ``--flag value`` options arrive here.
+    """
     data: dict[str, Any] = read_yaml(path) if path else {}
-    data = _deep_merge(data, parse_overrides(overrides))
+    flat: dict[str, Any] = {}
+    for dotted, value in (values or {}).items():
+        _nest(dotted, value, flat, f"{dotted}={value!r}")
+    data = _deep_merge(_deep_merge(data, flat), parse_overrides(overrides))
     return from_dict(cls, data)
 
 
@@ -262,13 +307,31 @@ def replace(cfg: T, **changes: Any) -> T:
 
 def override_types_hint(cls: type) -> dict[str, str]:
     """Flat ``{dotted.key: type}`` listing of a config tree, for ``--help`` output."""
-    out: dict[str, str] = {}
-    for name, tp in _fields(cls).items():
+    return {k: type_name(tp) for k, (tp, _) in flat_fields(cls).items()}
+
+
+def flat_fields(cls: type) -> dict[str, tuple[Any, Any]]:
+    """Flat ``{dotted.key: (type, default)}`` of a config tree, without building it.
+
+    Sections (dataclass-typed fields) are expanded; a required field (no default) has default ``MISSING``.
+    """
+    out: dict[str, tuple[Any, Any]] = {}
+    types_ = _fields(cls)
+    for f in dataclasses.fields(cls):
+        if f.name not in types_:
+            continue
+        tp = types_[f.name]
         if dataclasses.is_dataclass(tp):
-            for k, v in override_types_hint(tp).items():
-                out[f"{name}.{k}"] = v
+            for k, v in flat_fields(tp).items():  # type: ignore[arg-type]
+                out[f"{f.name}.{k}"] = v
+            continue
+        if f.default is not dataclasses.MISSING:
+            default: Any = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
         else:
-            out[name] = _type_name(tp)
+            default = MISSING
+        out[f.name] = (tp, to_dict(default))
     return out
 
 
@@ -276,6 +339,7 @@ __all__ = [
     "ConfigError",
     "UserError",
     "dump_config",
+    "flat_fields",
     "from_dict",
     "load_config",
     "override_types_hint",
@@ -284,4 +348,5 @@ __all__ = [
     "register_presets",
     "replace",
     "to_dict",
+    "type_name",
 ]

@@ -30,6 +30,12 @@ class OptimConfig:
             raise ConfigError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if self.warmup_steps < 0:
             raise ConfigError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.weight_decay < 0 or self.eps <= 0:
+            raise ConfigError(
+                f"weight_decay must be >= 0 and eps > 0, got {self.weight_decay} and {self.eps}"
+            )
+        if not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ConfigError(f"betas must each be in [0, 1), got {list(self.betas)}")
 
 
 @dataclass
@@ -75,6 +81,12 @@ class TrainConfig:
             raise ConfigError(f"train.ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.grad_clip < 0:
             raise ConfigError(f"train.grad_clip must be >= 0, got {self.grad_clip}")
+        if self.ema_every < 1:
+            raise ConfigError(
+                f"train.ema_every must be >= 1 (EMA update every N steps), got {self.ema_every}"
+            )
+        if self.flops_peak_tflops <= 0:
+            raise ConfigError(f"train.flops_peak_tflops must be > 0, got {self.flops_peak_tflops}")
 
     @property
     def dtype(self) -> torch.dtype:

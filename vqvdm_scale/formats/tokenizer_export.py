@@ -76,7 +76,8 @@ def export_tokenizer(model: VQTokenizer, cfg: TokenizerConfig, path: str | Path)
 def _read_metadata(path: Path) -> dict[str, str]:
     if not path.is_file():
         raise FileNotFoundError(
-            f"tokenizer file {str(path)!r} does not exist; export one with export_tokenizer"
+            f"tokenizer file {str(path)!r} does not exist; it is written by training the VQGAN "
+            "(python launchers/train_vqgan.py ...) at <run.dir>/tokenizer.safetensors"
         )
     try:
         with safe_open(str(path), framework="pt") as f:

@@ -114,8 +114,12 @@ class ShardsConfig:
     crf: int = DEFAULT_CRF  # x264 constant rate factor (lower = better quality, bigger)
     preset: str = DEFAULT_PRESET  # x264 preset
     progress: bool = True  # tqdm progress bar
+    synthetic: bool = False  # entry script: first write the built-in synthetic dataset into ``input``
+    synthetic_classes: int = 4  # classes of that synthetic dataset
 
     def __post_init__(self) -> None:
+        if self.synthetic_classes < 1:
+            raise ConfigError(f"synthetic_classes: must be >= 1, got {self.synthetic_classes}")
         if self.resolution < 2 or self.resolution % 2:
             raise ConfigError(f"resolution: must be an even number >= 2 (yuv420p), got {self.resolution}")
         if self.shard_size < 1:

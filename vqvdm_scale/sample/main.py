@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 from tqdm import tqdm
 
-from vqvdm_scale.config import ConfigError, to_dict
+from vqvdm_scale.config import ConfigError, UserError, to_dict
 from vqvdm_scale.engine.checkpoint import latest_checkpoint
 from vqvdm_scale.engine.env import barrier, get_rank, get_world_size, init_distributed, pick_device, print0
 from vqvdm_scale.formats.tokenizer_export import load_tokenizer
@@ -61,16 +61,33 @@ class SampleRunConfig:
             raise ConfigError("--tokenizer is required: the stage-1 export the model's latents came from")
         if self.num_videos < 1 or self.batch_size < 1:
             raise ConfigError("--num-videos and --batch-size must be >= 1")
+        if self.all_classes and self.class_id is not None:
+            raise ConfigError("give --class-id N or --all-classes, not both")
+        if self.class_id is not None and self.class_id < 0:
+            raise ConfigError(f"--class-id must be >= 0, got {self.class_id}")
+        if self.fps is not None and self.fps <= 0:
+            raise ConfigError(f"--fps must be > 0 (or null for the training clips' fps), got {self.fps}")
 
     def ema_path(self) -> Path:
-        """The ema.safetensors file to load."""
+        """The ema.safetensors file to load; a missing run, checkpoint or EMA file is a UserError."""
         if self.checkpoint:
             p = Path(self.checkpoint)
-            return p if p.is_file() else p / EMA_FILE
-        ckpt = latest_checkpoint(Path(str(self.run)) / "checkpoints")
+            if not p.exists():
+                raise UserError(f"--checkpoint {self.checkpoint!r} does not exist")
+            ema = p if p.is_file() else p / EMA_FILE
+            if not ema.is_file():
+                raise UserError(
+                    f"--checkpoint {self.checkpoint!r} has no {EMA_FILE}: give an LDM checkpoint dir"
+                )
+            return ema
+        run = Path(str(self.run))
+        if not run.is_dir():
+            what = "is a file, not a directory" if run.exists() else "does not exist"
+            raise UserError(f"--run {self.run!r} {what}: give the run.dir of a launchers/train_ldm.py run")
+        ckpt = latest_checkpoint(run / "checkpoints")
         if ckpt is None:
-            raise FileNotFoundError(
-                f"{self.run} has no complete checkpoint: train first or pass --checkpoint"
+            raise UserError(
+                f"run dir {self.run!r} has no complete checkpoint yet: train it further or pass --checkpoint"
             )
         return ckpt / EMA_FILE
 
@@ -81,15 +98,18 @@ def main(cfg: SampleRunConfig) -> list[Path]:
     rank, world = get_rank(), get_world_size()
     device = pick_device(cfg.device)
     sm = load_ema(cfg.ema_path(), device)
-    tokenizer, _, fingerprint = load_tokenizer(cfg.tokenizer, device)
+    try:
+        tokenizer, _, fingerprint = load_tokenizer(cfg.tokenizer, device)
+    except (FileNotFoundError, ValueError) as e:  # a wrong --tokenizer file, said by load_tokenizer
+        raise UserError(f"--tokenizer: {e}") from e
     if fingerprint != sm.tokenizer_fingerprint:
-        raise ValueError(
+        raise UserError(
             f"tokenizer {cfg.tokenizer} has fingerprint {fingerprint[:16]}..., but the model was trained on latents "
             f"of {sm.tokenizer_fingerprint[:16]}...: pass the tokenizer the latent cache was encoded with"
         )
     num_classes = sm.net.config.num_classes
     if cfg.class_id is not None and not 0 <= cfg.class_id < max(num_classes, 1):
-        raise ValueError(
+        raise UserError(
             f"--class-id {cfg.class_id} is outside the model's {num_classes} classes {sm.classes}"
         )
     out = Path(cfg.output)
