@@ -14,7 +14,7 @@ FLAGS = {
     "input": Flag(
         "input", "video shards: dir with manifest.json, brace pattern or list", required=True, path="any"
     ),
-    "output": Flag("output", "latent shard folder: local path or fsspec URL", required=True),
+    "output": Flag("output", "latent shard folder: local path or fsspec URL", metavar="DIR", required=True),
     "windows": Flag("windows", "'all' non-overlapping windows per video, or N evenly spaced"),
     "batch-size": Flag("batch_size", "clips per encoder call"),
     "workers": Flag("workers", "video decode processes per rank (0 = inline)"),

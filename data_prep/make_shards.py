@@ -11,7 +11,9 @@ from vqvdm_scale.prep.make_shards import ShardsConfig, main
 
 FLAGS = {
     "input": Flag("input", "dataset folder (or .csv/.jsonl file for --layout manifest)", required=True),
-    "output": Flag("output", "output folder or URL: local path, s3://, gs://, memory://", required=True),
+    "output": Flag(
+        "output", "output folder or URL: local path, s3://, gs://, memory://", metavar="DIR", required=True
+    ),
     "layout": Flag("layout", "folder, ucf101, sky or manifest"),
     "split-file": Flag("split_file", "ucf101: trainlist0N.txt or testlist0N.txt", path="file"),
     "resolution": Flag("resolution", "short side of the stored frames (even)"),

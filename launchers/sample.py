@@ -26,7 +26,7 @@ FLAGS = {
     "seed": Flag("sample.seed", "base seed"),
     "fps": Flag("fps", "output fps (null: the training clips' fps)"),
     "device": Flag("device", "auto, cpu or cuda"),
-    "output": Flag("output", "output folder"),
+    "output": Flag("output", "output folder", metavar="DIR"),
 }
 
 if __name__ == "__main__":

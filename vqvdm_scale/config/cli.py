@@ -47,6 +47,7 @@ class Flag:
         help: what the value is, for ``--help`` and for error messages.
         value: for a switch (``--no-quantize``), the value it sets; a bool key is a switch setting true.
         required: the entry cannot run without it (an empty or null value is an error, naming the flag).
+        metavar: the name of the value in ``--help`` (default: PATH for paths, N, X, {choices} or VALUE).
         path: the value is a local path that must exist as a file, a directory or either (checked after
             ``--dry-run``, before ``main``; URLs, brace patterns and lists are not checked).
     """
@@ -56,6 +57,7 @@ class Flag:
     value: Any = _SWITCH_OFF
     required: bool = False
     path: Optional[PathKind] = None
+    metavar: Optional[str] = None
 
 
 FlagSpec = Union[str, Flag]
@@ -183,7 +185,12 @@ def _parser(
         else:
             shown = "required" if flag.required else f"default: {_show(default)}"
             text = f"{flag.help} [{flag.key}; {shown}]".replace("%", "%%")
-            parser.add_argument(f"--{name}", dest=dest, metavar=_metavar(tp), help=text)
+            parser.add_argument(
+                f"--{name}",
+                dest=dest,
+                metavar=flag.metavar or ("PATH" if flag.path else _metavar(tp)),
+                help=text,
+            )
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. a.b=1")
     # The deepspeed launcher appends --local_rank=N; accept and ignore it (LOCAL_RANK is in the env too).
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
