@@ -21,14 +21,8 @@ import webdataset as wds
 
 from tests.helpers import run_on_ranks
 from vqvdm_scale.config import ConfigError
-from vqvdm_scale.data import (
-    ClipLoaderConfig,
-    LoaderState,
-    build_clip_loader,
-    eval_windows,
-    read_manifest,
-    resolve_shards,
-)
+from vqvdm_scale.data import ClipLoaderConfig, LoaderState, build_clip_loader, eval_windows, resolve_shards
+from vqvdm_scale.formats.fs import read_manifest
 
 H, W = 12, 16  # 4:3 frames; short side 12 is the crop size unless a test asks for a resize
 

@@ -1,15 +1,12 @@
-"""Shard URLs, video clip and latent loading, and loader state (PyAV is imported only when an mp4 is decoded)."""
+"""Streaming only: shard URLs, the shard pipeline, one resumable loader, clip and latent decoding.
 
-from vqvdm_scale.data.clips import (
-    ClipLoader,
-    ClipLoaderConfig,
-    ErrorCounter,
-    LoaderState,
-    build_clip_loader,
-    eval_windows,
-    shard_sample_pipeline,
-)
+Never imports models/, engine/ or train/ (checked by import-linter); PyAV is imported only when an mp4
+is decoded.
+"""
+
+from vqvdm_scale.data.clips import ClipDecode, ClipLoaderConfig, build_clip_loader, eval_windows
 from vqvdm_scale.data.latents import (
+    LatentDecode,
     LatentLoader,
     LatentLoaderConfig,
     build_latent_loader,
@@ -17,24 +14,26 @@ from vqvdm_scale.data.latents import (
     latent_stats,
     read_latent_manifest,
 )
+from vqvdm_scale.data.loader import LoaderState, ResumableLoader, StreamConfig
+from vqvdm_scale.data.pipeline import ErrorCounter, shard_sample_pipeline
 from vqvdm_scale.data.urls import resolve_shards
-from vqvdm_scale.formats.fs import open_url, read_manifest
 
 __all__ = [
-    "ClipLoader",
+    "ClipDecode",
     "ClipLoaderConfig",
     "ErrorCounter",
+    "LatentDecode",
     "LatentLoader",
     "LatentLoaderConfig",
     "LoaderState",
+    "ResumableLoader",
+    "StreamConfig",
     "build_clip_loader",
     "build_latent_loader",
     "denormalize",
     "eval_windows",
     "latent_stats",
-    "open_url",
     "read_latent_manifest",
-    "read_manifest",
     "resolve_shards",
     "shard_sample_pipeline",
 ]

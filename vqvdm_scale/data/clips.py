@@ -30,56 +30,32 @@ from __future__ import annotations
 import io
 import json
 import random
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal, Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import IterableDataset
 
 from vqvdm_scale.config.core import ConfigError
-from vqvdm_scale.config.text import plural
 from vqvdm_scale.data.loader import (
-    Batch,
     LoaderState,
-    ReaderSpec,
     ResumableLoader,
+    SkipSample,
     StreamConfig,
-    collate_batch,
-)
-from vqvdm_scale.data.pipeline import (  # re-exported: this module was their home, callers import them here
-    ErrorCounter,
-    check_enough_shards,
-    fsspec_open_shards,
-    mix_seed,
-    reader_identity,
-    shard_sample_pipeline,
-    split_by_rank,
+    plan_workers,
 )
 from vqvdm_scale.data.urls import resolve_shards
 
 __all__ = [
-    "Batch",
-    "ClipLoader",
+    "ClipDecode",
     "ClipLoaderConfig",
-    "ErrorCounter",
-    "LoaderState",
-    "ResumableLoader",
-    "collate_batch",
     "build_clip_loader",
-    "check_enough_shards",
     "crop_clip",
     "decode_frames",
     "eval_windows",
-    "fsspec_open_shards",
     "make_clip",
-    "mix_seed",
-    "reader_identity",
     "resize_short_side",
-    "shard_sample_pipeline",
-    "split_by_rank",
 ]
 
 
@@ -153,7 +129,7 @@ def decode_frames(
     raise ValueError(f"sample {key} has neither 'mp4' nor 'npy' (members: {sorted(sample)})")
 
 
-class _TooShort(Exception):
+class _TooShort(SkipSample):
     """The video has fewer frames than one clip needs (counted as skipped, not as an error)."""
 
 
@@ -204,7 +180,9 @@ def _window_start(num_frames: int, span: int, train: bool, rng: random.Random) -
 
 
 @dataclass(frozen=True)
-class _ClipSpec:
+class ClipDecode:
+    """The clip loader's :data:`~vqvdm_scale.data.loader.SampleDecode`: one shard sample -> one clip."""
+
     frames: int
     stride: int
     resolution: int
@@ -213,8 +191,11 @@ class _ClipSpec:
     random_flip: bool
     short_videos: str
 
+    def __call__(self, sample: dict[str, Any], rng: random.Random) -> dict[str, Any]:
+        return make_clip(sample, self, rng)
 
-def make_clip(sample: dict[str, Any], spec: _ClipSpec, rng: random.Random) -> dict[str, Any]:
+
+def make_clip(sample: dict[str, Any], spec: ClipDecode, rng: random.Random) -> dict[str, Any]:
     """Decode one shard sample into ``{"video": [3, T, S, S] float in [-1, 1], "label", "fps", "key"}``."""
     meta = json.loads(sample["json"])
     span = (spec.frames - 1) * spec.stride + 1
@@ -255,92 +236,6 @@ def make_clip(sample: dict[str, Any], spec: _ClipSpec, rng: random.Random) -> di
     }
 
 
-class _ClipDataset(IterableDataset):
-    """One epoch of clip batches for one rank; each DataLoader worker builds its reader's pipeline."""
-
-    def __init__(self, reader: ReaderSpec, spec: _ClipSpec) -> None:
-        super().__init__()
-        self.reader, self.spec = reader, spec
-
-    def __iter__(self) -> Iterator[Batch]:
-        r = self.reader
-        worker, counter, samples = r.open("")
-        # augmentation randomness is a function of the sample's stream position, so a resumed reader
-        # that skips samples without decoding them still draws the same windows/crops/flips after
-        clip_seed = mix_seed(r.seed, r.epoch, r.reseed, r.rank, worker, 2)
-        batch: list[dict[str, Any]] = []
-        skipped = 0
-        cursor = r.cursors[worker]
-        for sample in samples:
-            cursor = sample["__index__"] + 1
-            try:
-                batch.append(make_clip(sample, self.spec, random.Random(mix_seed(clip_seed, cursor))))
-            except _TooShort:
-                skipped += 1
-                continue
-            except Exception as exn:  # noqa: BLE001 - a corrupt sample is counted and skipped
-                exn.args = (*exn.args, sample.get("__key__"), sample.get("__url__"))
-                counter(exn)
-                continue
-            if len(batch) == r.batch_size:
-                yield collate_batch(
-                    batch, dict(worker=worker, cursor=cursor, errors=counter.count, skipped=skipped)
-                )
-                batch = []
-        meta = dict(worker=worker, cursor=cursor, errors=counter.count, skipped=skipped)
-        if batch and not r.drop_last:
-            yield collate_batch(batch, meta)
-        # a clip-less tail item reports the counts of errors after this reader's last batch; it takes a
-        # turn in the DataLoader's worker round robin only when the reader has no batch left, so the
-        # order of real batches (and hence exact resume) does not depend on it
-        yield {"_meta": meta}
-
-
-# ------------------------------------------------------------------------------------------ the loader
-
-
-class ClipLoader(ResumableLoader):
-    """Iterable of clip batches for one rank, tracking :class:`LoaderState` as batches are yielded.
-
-    Train mode iterates forever, epoch after epoch (the epoch advances when every reader of this rank
-    ran out, or after ``epoch_samples`` clips in resampled mode); eval mode iterates one pass. Batches:
-    ``{"video": [B, 3, T, S, S] float32 in [-1, 1], "label": [B] int64, "fps": [B] float32,
-    "key": list[str]}`` where fps is the clip's rate (source fps / frame_stride). Ranks whose shards hold
-    different sample counts reach their epoch ends at different steps; training is step-based and each
-    rank keeps yielding, so no rank waits. ``state_dict()`` describes everything yielded so far; corrupt samples and
-    short videos are counted in :attr:`stats` (as of each worker's latest batch or end of stream).
-    The epoch/state bookkeeping is :class:`~vqvdm_scale.data.loader.ResumableLoader`'s.
-    """
-
-    def __init__(
-        self,
-        cfg: ClipLoaderConfig,
-        urls: list[str],
-        *,
-        rank: int,
-        world_size: int,
-        train: bool,
-        num_workers: int,
-        state: Optional[LoaderState],
-    ) -> None:
-        super().__init__(
-            cfg, urls, rank=rank, world_size=world_size, train=train, num_workers=num_workers, state=state
-        )
-        self.spec = _ClipSpec(
-            frames=cfg.frames,
-            stride=cfg.frame_stride,
-            resolution=cfg.resolution,
-            train=train,
-            random_crop=cfg.random_crop,
-            random_flip=cfg.random_flip,
-            short_videos=cfg.short_videos,
-        )
-
-    def _dataset(self) -> IterableDataset:
-        """This rank's clip dataset for the current state."""
-        return _ClipDataset(self._reader(), self.spec)
-
-
 def build_clip_loader(
     cfg: ClipLoaderConfig,
     *,
@@ -348,8 +243,14 @@ def build_clip_loader(
     world_size: int = 1,
     train: bool = True,
     state: Optional[LoaderState] = None,
-) -> ClipLoader:
-    """The clip loader of one rank over ``cfg.train_shards`` (train) or ``cfg.eval_shards`` (eval)."""
+) -> ResumableLoader:
+    """The clip loader of one rank over ``cfg.train_shards`` (train) or ``cfg.eval_shards`` (eval).
+
+    Train mode iterates forever, epoch after epoch; eval mode iterates one pass. Batches: ``{"video":
+    [B, 3, T, S, S] float32 in [-1, 1], "label": [B] int64, "fps": [B] float32, "key": list[str]}`` where
+    fps is the clip's rate (source fps / frame_stride). Epochs, state and exact resume are
+    :class:`~vqvdm_scale.data.loader.ResumableLoader`'s.
+    """
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is outside world_size {world_size}")
     spec = cfg.train_shards if train else cfg.eval_shards
@@ -357,16 +258,22 @@ def build_clip_loader(
         which = "train_shards" if train else "eval_shards"
         raise ValueError(f"data.{which} is not set: give a shard directory, brace pattern or list")
     urls = resolve_shards(spec)
-    num_workers = cfg.num_workers
-    if train and not cfg.resampled:
-        check_enough_shards(len(urls), world_size, num_workers)
-    elif not train:
-        if len(urls) < world_size:
-            raise ValueError(
-                f"{plural(len(urls), 'eval shard')} cannot be split over {plural(world_size, 'rank')}: "
-                "write more eval shards"
-            )
-        num_workers = min(num_workers, len(urls) // world_size)  # an idle eval worker only costs a start
-    return ClipLoader(
-        cfg, urls, rank=rank, world_size=world_size, train=train, num_workers=num_workers, state=state
+    decode = ClipDecode(
+        frames=cfg.frames,
+        stride=cfg.frame_stride,
+        resolution=cfg.resolution,
+        train=train,
+        random_crop=cfg.random_crop,
+        random_flip=cfg.random_flip,
+        short_videos=cfg.short_videos,
+    )
+    return ResumableLoader(
+        cfg,
+        urls,
+        decode,
+        rank=rank,
+        world_size=world_size,
+        train=train,
+        num_workers=plan_workers(len(urls), world_size, cfg, train),
+        state=state,
     )

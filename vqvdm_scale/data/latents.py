@@ -29,8 +29,9 @@ import io
 import json
 import math
 import posixpath
+import random
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -38,20 +39,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import IterableDataset
 
 from vqvdm_scale.config.core import ConfigError
-from vqvdm_scale.data.loader import (
-    Batch,
-    LoaderState,
-    ReaderSpec,
-    ResumableLoader,
-    StreamConfig,
-    collate_batch,
-)
-from vqvdm_scale.data.pipeline import (
-    check_enough_shards,
-)
+from vqvdm_scale.data.loader import LoaderState, ResumableLoader, StreamConfig, plan_workers
 from vqvdm_scale.data.urls import resolve_shards
 from vqvdm_scale.formats.fs import read_manifest
 
@@ -60,6 +50,7 @@ STD_FLOOR = 1e-6  # a constant channel (one code used) normalises to 0 instead o
 
 __all__ = [
     "LATENT_FORMAT",
+    "LatentDecode",
     "LatentLoader",
     "LatentLoaderConfig",
     "build_latent_loader",
@@ -199,8 +190,8 @@ def check_fingerprint(
 # ------------------------------------------------------------------------------------------- the decode
 
 
-class _LatentDecode:
-    """Picklable per-sample decode: npy -> normalised float32 ``[D, t, h, w]`` (+ label, fps, key)."""
+class LatentDecode:
+    """The latent loader's :data:`~vqvdm_scale.data.loader.SampleDecode`: npy -> normalised ``[D, t, h, w]``."""
 
     def __init__(self, manifest: dict[str, Any], codebook: Optional[Tensor]) -> None:
         self.store = str(manifest["store"])
@@ -210,7 +201,7 @@ class _LatentDecode:
         mean, std = latent_stats(manifest)
         self.mean, self.inv_std = mean.view(-1, 1, 1, 1), (1.0 / std).view(-1, 1, 1, 1)
 
-    def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
+    def __call__(self, sample: dict[str, Any], rng: random.Random) -> dict[str, Any]:
         key = sample.get("__key__", "?")
         arr = np.load(io.BytesIO(sample["npy"]), allow_pickle=False)
         if arr.dtype != self.dtype or tuple(arr.shape) != self.sample_shape:
@@ -227,94 +218,21 @@ class _LatentDecode:
             z = torch.from_numpy(arr).float()
         meta = json.loads(sample["json"])
         return {
-            # "video" is the clip loader's batch key; LatentLoader renames it to "latent" (see there)
-            "video": ((z - self.mean) * self.inv_std).contiguous(),
+            "latent": ((z - self.mean) * self.inv_std).contiguous(),
             "label": int(meta["label"]),
             "fps": float(meta["fps"]),
             "key": str(key),
         }
 
 
-class _LatentDataset(IterableDataset):
-    """One epoch of latent batches for one rank; the same reader protocol as the clip loader's dataset."""
-
-    def __init__(self, reader: ReaderSpec, decode: _LatentDecode) -> None:
-        super().__init__()
-        self.reader, self.decode = reader, decode
-
-    def __iter__(self) -> Iterator[Batch]:
-        r = self.reader
-        worker, counter, samples = r.open("latents ")
-        batch: list[dict[str, Any]] = []
-        cursor = r.cursors[worker]
-        for sample in samples:
-            cursor = sample["__index__"] + 1
-            try:
-                batch.append(self.decode(sample))
-            except Exception as exn:  # noqa: BLE001 - a corrupt sample is counted and skipped
-                exn.args = (*exn.args, sample.get("__key__"), sample.get("__url__"))
-                counter(exn)
-                continue
-            if len(batch) == r.batch_size:
-                yield collate_batch(
-                    batch, dict(worker=worker, cursor=cursor, errors=counter.count, skipped=0)
-                )
-                batch = []
-        meta = dict(worker=worker, cursor=cursor, errors=counter.count, skipped=0)
-        if batch and not r.drop_last:
-            yield collate_batch(batch, meta)
-        yield {"_meta": meta}  # the reader's tail item (counts only), as in the clip loader
-
-
-# ------------------------------------------------------------------------------------------ the loader
-
-
 class LatentLoader(ResumableLoader):
-    """Iterable of latent batches for one rank, with the clip loader's epochs, state and resume.
+    """The resumable loader over a latent cache, which also carries the cache's :attr:`manifest`.
 
     Batches: ``{"latent": [B, D, t, h, w] float32 normalised, "label": [B] int64, "fps": [B] float32,
-    "key": list[str]}``. ``state_dict()`` / :class:`LoaderState` resume exactly as for
-    :class:`~vqvdm_scale.data.clips.ClipLoader`; ``stats["errors"]`` counts corrupt samples/shards.
-    :attr:`manifest` is the cache's manifest (``denormalize(z, loader.manifest)`` gives z_q back).
+    "key": list[str]}``; ``stats["errors"]`` counts corrupt samples/shards.
     """
 
-    def __init__(
-        self,
-        cfg: LatentLoaderConfig,
-        urls: list[str],
-        manifest: dict[str, Any],
-        codebook: Optional[Tensor],
-        *,
-        rank: int,
-        world_size: int,
-        train: bool,
-        num_workers: int,
-        state: Optional[LoaderState],
-    ) -> None:
-        super().__init__(
-            cfg,
-            urls,
-            rank=rank,
-            world_size=world_size,
-            train=train,
-            num_workers=num_workers,
-            state=state,
-        )
-        self.latent_cfg = cfg
-        self.manifest = manifest
-        self.decode = _LatentDecode(manifest, codebook)
-
-    def _dataset(self) -> IterableDataset:
-        """The latent dataset for the current state (DataLoader construction is ResumableLoader's)."""
-        return _LatentDataset(self._reader(), self.decode)
-
-    def epoch_iter(self) -> Iterator[Batch]:
-        """The rest of the current epoch's batches (ResumableLoader's bookkeeping; the tensor key renamed)."""
-        # ResumableLoader.epoch_iter tells batches from tail items by the "video" key, so the dataset yields
-        # the latents under that key and they are renamed here, after the state has been updated.
-        for batch in super().epoch_iter():
-            batch["latent"] = batch.pop("video")
-            yield batch
+    manifest: dict[str, Any]
 
 
 def build_latent_loader(
@@ -357,21 +275,16 @@ def build_latent_loader(
                 "the codebook passed differs from the one the cache was encoded with; pass "
                 "tokenizer.quantizer.codes() (l2-normalised when the tokenizer normalises), not the raw buffer"
             )
-    num_workers = cfg.num_workers
-    if train and not cfg.resampled:
-        check_enough_shards(len(urls), world_size, num_workers)
-    elif not train:
-        if len(urls) < world_size:
-            raise ValueError(f"{len(urls)} latent shards cannot be split over {world_size} ranks")
-        num_workers = min(num_workers, len(urls) // world_size)
-    return LatentLoader(
+    loader = LatentLoader(
         cfg,
         urls,
-        manifest,
-        codebook,
+        LatentDecode(manifest, codebook),
         rank=rank,
         world_size=world_size,
         train=train,
-        num_workers=num_workers,
+        num_workers=plan_workers(len(urls), world_size, cfg, train),
         state=state,
+        label="latents ",
     )
+    loader.manifest = manifest
+    return loader

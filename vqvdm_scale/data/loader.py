@@ -11,8 +11,9 @@ continue where the interrupted run stopped (see :mod:`vqvdm_scale.data.clips` fo
 from __future__ import annotations
 
 import dataclasses
+import random
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
 
@@ -20,9 +21,25 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from vqvdm_scale.config.core import ConfigError
-from vqvdm_scale.data.pipeline import ErrorCounter, mix_seed, reader_identity, shard_sample_pipeline
+from vqvdm_scale.config.text import plural
+from vqvdm_scale.data.pipeline import (
+    ErrorCounter,
+    check_enough_shards,
+    mix_seed,
+    reader_identity,
+    shard_sample_pipeline,
+)
 
-__all__ = ["Batch", "LoaderState", "ResumableLoader", "StreamConfig", "collate_batch"]
+__all__ = [
+    "Batch",
+    "LoaderState",
+    "ResumableLoader",
+    "SampleDecode",
+    "SkipSample",
+    "StreamConfig",
+    "collate_batch",
+    "plan_workers",
+]
 
 Batch = dict[str, Any]
 
@@ -151,23 +168,95 @@ class ReaderSpec:
 
 
 def collate_batch(samples: list[dict[str, Any]], meta: dict[str, int]) -> Batch:
-    """Stack a reader's decoded samples into a batch, with the reader's ``_meta`` (worker, cursor, counts)."""
-    return {
-        "video": torch.stack([c["video"] for c in samples]),
-        "label": torch.tensor([c["label"] for c in samples], dtype=torch.int64),
-        "fps": torch.tensor([c["fps"] for c in samples], dtype=torch.float32),
-        "key": [c["key"] for c in samples],
-        "_meta": meta,
-    }
+    """Stack a reader's decoded samples into a batch, with the reader's ``_meta`` (worker, cursor, counts).
+
+    Tensors are stacked; ``label`` becomes int64, ``fps`` float32, and ``key`` a list of strings.
+    """
+    out: Batch = {}
+    for name, value in samples[0].items():
+        column = [c[name] for c in samples]
+        if torch.is_tensor(value):
+            out[name] = torch.stack(column)
+        elif name == "label":
+            out[name] = torch.tensor(column, dtype=torch.int64)
+        elif name == "fps":
+            out[name] = torch.tensor(column, dtype=torch.float32)
+        else:
+            out[name] = column
+    out["_meta"] = meta
+    return out
+
+
+class SkipSample(Exception):
+    """Raised by a decode function for a sound sample it cannot use (a video too short): counted, skipped."""
+
+
+# decode(raw shard sample, rng) -> {"<tensor key>": Tensor, "label": int, "fps": float, "key": str}. The rng
+# is a function of the sample's stream position, so a resumed reader that skips samples without decoding
+# them still draws the same augmentation for every later sample.
+SampleDecode = Callable[[dict[str, Any], random.Random], dict[str, Any]]
+
+
+class _ReaderDataset(IterableDataset):
+    """One epoch of batches for one rank; each DataLoader worker opens its reader and decodes its samples."""
+
+    def __init__(self, reader: ReaderSpec, decode: SampleDecode, label: str) -> None:
+        super().__init__()
+        self.reader, self.decode, self.label = reader, decode, label
+
+    def __iter__(self) -> Iterator[Batch]:
+        r = self.reader
+        worker, counter, samples = r.open(self.label)
+        sample_seed = mix_seed(r.seed, r.epoch, r.reseed, r.rank, worker, 2)
+        batch: list[dict[str, Any]] = []
+        skipped = 0
+        cursor = r.cursors[worker]
+        for sample in samples:
+            cursor = sample["__index__"] + 1
+            try:
+                batch.append(self.decode(sample, random.Random(mix_seed(sample_seed, cursor))))
+            except SkipSample:
+                skipped += 1
+                continue
+            except Exception as exn:  # noqa: BLE001 - a corrupt sample is counted and skipped
+                exn.args = (*exn.args, sample.get("__key__"), sample.get("__url__"))
+                counter(exn)
+                continue
+            if len(batch) == r.batch_size:
+                yield collate_batch(
+                    batch, dict(worker=worker, cursor=cursor, errors=counter.count, skipped=skipped)
+                )
+                batch = []
+        meta = dict(worker=worker, cursor=cursor, errors=counter.count, skipped=skipped)
+        if batch and not r.drop_last:
+            yield collate_batch(batch, meta)
+        # a sample-less tail item reports the counts of errors after this reader's last batch; it takes a
+        # turn in the DataLoader's worker round robin only when the reader has no batch left, so the
+        # order of real batches (and hence exact resume) does not depend on it
+        yield {"_meta": meta}
+
+
+def plan_workers(num_shards: int, world_size: int, cfg: StreamConfig, train: bool) -> int:
+    """DataLoader workers per rank for ``num_shards``: checks a training split, caps an eval pass's workers."""
+    if train and not cfg.resampled:
+        check_enough_shards(num_shards, world_size, cfg.num_workers)
+        return cfg.num_workers
+    if train:
+        return cfg.num_workers
+    if num_shards < world_size:
+        raise ValueError(
+            f"{plural(num_shards, 'eval shard')} cannot be split over {plural(world_size, 'rank')}: "
+            "write more eval shards"
+        )
+    return min(cfg.num_workers, num_shards // world_size)  # an idle eval worker only costs a start
 
 
 class ResumableLoader:
     """Iterable of batches for one rank, tracking :class:`LoaderState` as batches are yielded.
 
-    The epoch/cursor bookkeeping that :class:`~vqvdm_scale.data.clips.ClipLoader` and
-    :class:`~vqvdm_scale.data.latents.LatentLoader` share; a subclass supplies :meth:`_dataset`,
-    an IterableDataset whose readers yield :func:`collate_batch` batches (with ``"video"``) and one
-    tail item ``{"_meta": ...}`` each. Train mode iterates forever, epoch after epoch (the epoch
+    The one loader of both stages: ``decode`` (a :data:`SampleDecode`) turns a raw shard sample into a
+    training sample (clips: :class:`~vqvdm_scale.data.clips.ClipDecode`; latents:
+    :class:`~vqvdm_scale.data.latents.LatentDecode`). Train mode iterates forever, epoch after epoch (the epoch
     advances when every reader of this rank ran out, or after ``epoch_samples`` samples in resampled
     mode); eval mode iterates one pass. Ranks whose shards hold different sample counts reach their
     epoch ends at different steps; training is step-based and each rank keeps yielding, so no rank
@@ -179,15 +268,19 @@ class ResumableLoader:
         self,
         cfg: StreamConfig,
         urls: list[str],
+        decode: SampleDecode,
         *,
         rank: int,
         world_size: int,
         train: bool,
         num_workers: int,
         state: Optional[LoaderState],
+        label: str = "",
     ) -> None:
         self.cfg = cfg
         self.urls = urls
+        self.decode = decode
+        self.label = label
         self.rank, self.world_size = rank, world_size
         self.train = train
         self.num_workers = num_workers
@@ -267,7 +360,7 @@ class ResumableLoader:
     # iteration -----------------------------------------------------------------------------------
 
     def _reader(self) -> ReaderSpec:
-        """The readers' description for the current state (what subclasses' datasets are built on)."""
+        """The readers' description for the current state (what the readers are built on)."""
         st = self._state
         return ReaderSpec(
             urls=self.urls,
@@ -286,8 +379,8 @@ class ResumableLoader:
         )
 
     def _dataset(self) -> IterableDataset:
-        """This rank's dataset for the current state: subclasses build their reader (the sample decode)."""
-        raise NotImplementedError
+        """This rank's dataset for the current state."""
+        return _ReaderDataset(self._reader(), self.decode, self.label)
 
     def _dataloader(self) -> DataLoader:
         st = self._state
@@ -330,7 +423,7 @@ class ResumableLoader:
                 st.next_worker = (w + 1) % self.readers
                 self._epoch_errors[w] = int(meta["errors"])
                 self._epoch_skipped[w] = int(meta["skipped"])
-                if "video" not in batch:  # a reader's tail item: counts only
+                if not batch:  # a reader's tail item: counts only
                     continue
                 st.batches_consumed += 1
                 st.samples_consumed += len(batch["key"])

@@ -15,7 +15,6 @@ from typing import Any
 import torch
 
 from vqvdm_scale.config.core import ConfigError, register_presets
-from vqvdm_scale.data.clips import LoaderState
 from vqvdm_scale.data.latents import (
     LatentLoaderConfig,
     build_latent_loader,
@@ -23,6 +22,7 @@ from vqvdm_scale.data.latents import (
     latent_stats,
     read_latent_manifest,
 )
+from vqvdm_scale.data.loader import LoaderState
 from vqvdm_scale.diffusion import DiffusionConfig, DiffusionLoss, GaussianDiffusion
 from vqvdm_scale.engine.config import TrainConfig
 from vqvdm_scale.engine.deepspeed_engine import build_engine
