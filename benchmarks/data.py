@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from vqvdm_scale.data.clips import ClipLoaderConfig, build_clip_loader, shard_sample_pipeline
+from vqvdm_scale.data import ClipLoaderConfig, build_clip_loader, shard_sample_pipeline
 from vqvdm_scale.data.urls import resolve_shards
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vqvdm_scale.data.clips import ClipLoaderConfig, build_clip_loader, shard_sample_pipeline
+from vqvdm_scale.data import ClipLoaderConfig, build_clip_loader, shard_sample_pipeline
 from vqvdm_scale.data.latents import LatentLoaderConfig, build_latent_loader, normalize
 from vqvdm_scale.data.urls import resolve_shards
 from vqvdm_scale.formats.tokenizer_export import export_tokenizer, load_tokenizer
