@@ -21,8 +21,9 @@ import torch
 import torch.nn.functional as F
 
 from vqvdm_scale.data import ClipLoaderConfig, build_clip_loader, shard_sample_pipeline
-from vqvdm_scale.data.latents import LatentLoaderConfig, build_latent_loader, normalize
+from vqvdm_scale.data.latents import LatentLoaderConfig, build_latent_loader
 from vqvdm_scale.data.urls import resolve_shards
+from vqvdm_scale.formats.latent_shards import LatentStats
 from vqvdm_scale.formats.tokenizer_export import export_tokenizer, load_tokenizer
 from vqvdm_scale.models.tokenizer import VQTokenizer, tokenizer_preset
 from vqvdm_scale.models.unet.model import UNet3D
@@ -196,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         def encode_on_the_fly(batch: dict[str, Any]) -> torch.Tensor:
             with torch.no_grad():
                 _, z = encode_clips(model, batch["video"])
-            return normalize(z, manifest)
+            return LatentStats.from_manifest(manifest).normalize(z)
 
         ccfg = ClipLoaderConfig(
             train_shards=str(videos),

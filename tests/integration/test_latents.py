@@ -25,8 +25,9 @@ import webdataset as wds
 from tests.conftest import REPO
 from tests.helpers import run_on_ranks
 from vqvdm_scale.config import ConfigError
-from vqvdm_scale.data import LatentLoaderConfig, build_latent_loader, denormalize, shard_sample_pipeline
+from vqvdm_scale.data import LatentLoaderConfig, build_latent_loader, shard_sample_pipeline
 from vqvdm_scale.data.synthetic import SYNTHETIC_FPS
+from vqvdm_scale.formats.latent_shards import LatentStats
 from vqvdm_scale.formats.tokenizer_export import export_tokenizer, load_tokenizer
 from vqvdm_scale.models.tokenizer import VQTokenizer, tokenizer_preset
 from vqvdm_scale.prep.encode_latents import EncodeConfig, main, window_starts
@@ -138,7 +139,7 @@ def test_roundtrip_matches_tokenizer(data: dict[str, str]) -> None:
         for batch in loader:
             ref = torch.stack([clips[k][0] for k in batch["key"]])
             recon, qout = model(ref)
-            z_q = denormalize(batch["latent"], loader.manifest)
+            z_q = LatentStats.from_manifest(loader.manifest).denormalize(batch["latent"])
             torch.testing.assert_close(z_q, qout.z_q, atol=1e-5, rtol=1e-5)
             torch.testing.assert_close(model.decode(z_q), recon, atol=1e-4, rtol=1e-4)
             assert batch["label"].tolist() == [clips[k][1]["label"] for k in batch["key"]]
@@ -167,7 +168,7 @@ def test_stored_latents_and_n_windows(data: dict[str, str], tmp_path: Path) -> N
     # codebook is not needed for stored latents
     loader = build_latent_loader(_loader_cfg(str(out)), tokenizer_fingerprint=fp, codebook=None, train=False)
     batch = next(iter(loader))
-    z = denormalize(batch["latent"], manifest)
+    z = LatentStats.from_manifest(manifest).denormalize(batch["latent"])
     codes = model.quantizer.codes()
     # every stored vector is (the fp16 rounding of) a codebook entry
     flat = z.permute(0, 2, 3, 4, 1).reshape(-1, 8)

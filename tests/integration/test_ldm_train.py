@@ -16,7 +16,7 @@ from tests.helpers import run_on_ranks
 from vqvdm_scale.config import ConfigError, load_config
 from vqvdm_scale.engine.checkpoint import latest_checkpoint
 from vqvdm_scale.engine.ema import EMA
-from vqvdm_scale.sample.api import EMA_FILE, load_ema
+from vqvdm_scale.formats.ldm_export import EMA_FILE, load_ema
 from vqvdm_scale.train.ldm import LDMRunConfig, LDMTrainer, resolve_from_cache
 
 TINY = REPO / "configs" / "ldm" / "tiny.yaml"

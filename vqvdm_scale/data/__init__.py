@@ -10,8 +10,6 @@ from vqvdm_scale.data.latents import (
     LatentLoader,
     LatentLoaderConfig,
     build_latent_loader,
-    denormalize,
-    latent_stats,
     read_latent_manifest,
 )
 from vqvdm_scale.data.loader import LoaderState, ResumableLoader, StreamConfig
@@ -30,9 +28,7 @@ __all__ = [
     "StreamConfig",
     "build_clip_loader",
     "build_latent_loader",
-    "denormalize",
     "eval_windows",
-    "latent_stats",
     "read_latent_manifest",
     "resolve_shards",
     "shard_sample_pipeline",

@@ -24,13 +24,10 @@ key-addressed lookup across shards, which a streaming tar pipeline does not give
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
-import math
 import posixpath
 import random
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -44,22 +41,20 @@ from vqvdm_scale.config.core import ConfigError
 from vqvdm_scale.data.loader import LoaderState, ResumableLoader, StreamConfig, plan_workers
 from vqvdm_scale.data.urls import resolve_shards
 from vqvdm_scale.formats.fs import read_manifest
-
-LATENT_FORMAT = "vqvdm-latent-shards/1"
-STD_FLOOR = 1e-6  # a constant channel (one code used) normalises to 0 instead of dividing by 0
+from vqvdm_scale.formats.latent_shards import (
+    LATENT_FORMAT,
+    LatentStats,
+    check_fingerprint,
+    codebook_sha256,
+    merge_manifests,
+)
 
 __all__ = [
-    "LATENT_FORMAT",
     "LatentDecode",
     "LatentLoader",
     "LatentLoaderConfig",
     "build_latent_loader",
-    "codebook_sha256",
-    "denormalize",
-    "latent_stats",
-    "normalize",
     "read_latent_manifest",
-    "stats_from_sums",
 ]
 
 
@@ -74,61 +69,6 @@ class LatentLoaderConfig(StreamConfig):
 
 
 # ------------------------------------------------------------------------------------- manifest helpers
-
-
-def stats_from_sums(
-    positions: int, sums: Sequence[float], sumsqs: Sequence[float]
-) -> tuple[list[float], list[float]]:
-    """Per-channel (mean, std) from a count and per-channel sums / sums of squares (population std)."""
-    if positions <= 0:
-        raise ValueError("no latent positions were encoded: the cache is empty, so it has no statistics")
-    mean = [s / positions for s in sums]
-    std = [
-        max(math.sqrt(max(q / positions - m * m, 0.0)), STD_FLOOR) for q, m in zip(sumsqs, mean, strict=True)
-    ]
-    return mean, std
-
-
-def codebook_sha256(codebook: Tensor) -> str:
-    """sha256 of a ``[K, D]`` codebook's fp32 bytes (what the cache's indices refer to)."""
-    t = codebook.detach().to("cpu", torch.float32).contiguous()
-    return hashlib.sha256(t.reshape(-1).view(torch.uint8).numpy().tobytes()).hexdigest()
-
-
-def latent_stats(manifest: dict[str, Any]) -> tuple[Tensor, Tensor]:
-    """Per-channel ``(mean, std)`` float32 ``[D]`` of the cached (dequantised) latents."""
-    stats = manifest.get("stats")
-    if not isinstance(stats, dict) or "mean" not in stats or "std" not in stats:
-        raise ValueError("the latent manifest has no 'stats' with mean/std; re-run encode_latents")
-    return torch.tensor(stats["mean"], dtype=torch.float32), torch.tensor(stats["std"], dtype=torch.float32)
-
-
-def _channel_view(v: Tensor, z: Tensor) -> Tensor:
-    # channels sit at dim -4 of both [D, t, h, w] and [B, D, t, h, w]
-    return v.to(z.device, z.dtype).view(-1, 1, 1, 1)
-
-
-def normalize(z: Tensor, manifest: dict[str, Any]) -> Tensor:
-    """``(z_q - mean) / std`` per channel, for ``[D, t, h, w]`` or ``[B, D, t, h, w]``."""
-    mean, std = latent_stats(manifest)
-    return (z - _channel_view(mean, z)) / _channel_view(std, z)
-
-
-def denormalize(z: Tensor, manifest: dict[str, Any]) -> Tensor:
-    """``z * std + mean`` per channel: the tokenizer's quantised latent z_q, ready for ``tokenizer.decode``."""
-    mean, std = latent_stats(manifest)
-    return z * _channel_view(std, z) + _channel_view(mean, z)
-
-
-_SAME_KEYS = (
-    "fingerprint",
-    "store",
-    "dtype",
-    "latent_shape",
-    "sample_shape",
-    "codebook_size",
-    "codebook_sha256",
-)
 
 
 def read_latent_manifest(spec: str | Sequence[str]) -> dict[str, Any]:
@@ -148,43 +88,7 @@ def read_latent_manifest(spec: str | Sequence[str]) -> dict[str, Any]:
                 "shards (video shards go to the clip loader; encode them with data_prep/encode_latents.py)"
             )
         manifests.append(m)
-    first = manifests[0]
-    if len(manifests) == 1:
-        return first
-    for d, m in zip(dirs[1:], manifests[1:], strict=True):
-        diff = [k for k in _SAME_KEYS if m.get(k) != first.get(k)]
-        if diff:
-            raise ValueError(
-                f"latent caches {dirs[0]} and {d} differ in {diff}; encode both with the same tokenizer and options"
-            )
-    positions = sum(int(m["stats"]["positions"]) for m in manifests)
-    sums = [sum(vals) for vals in zip(*(m["stats"]["sum"] for m in manifests), strict=True)]
-    sumsqs = [sum(vals) for vals in zip(*(m["stats"]["sumsq"] for m in manifests), strict=True)]
-    mean, std = stats_from_sums(positions, sums, sumsqs)
-    merged = dict(first)
-    merged["stats"] = {"positions": positions, "sum": sums, "sumsq": sumsqs, "mean": mean, "std": std}
-    merged["num_samples"] = sum(int(m.get("num_samples", 0)) for m in manifests)
-    merged["sources"] = dirs
-    return merged
-
-
-def check_fingerprint(
-    manifest: dict[str, Any], tokenizer_fingerprint: Optional[str], where: str = ""
-) -> None:
-    """ValueError unless the cache was encoded by the tokenizer with ``tokenizer_fingerprint``."""
-    cached = manifest.get("fingerprint")
-    if tokenizer_fingerprint is None:
-        warnings.warn(
-            "no tokenizer fingerprint given: the latent cache is used without checking which tokenizer made it",
-            stacklevel=3,
-        )
-        return
-    if cached != tokenizer_fingerprint:
-        raise ValueError(
-            f"latent cache{f' {where}' if where else ''} was encoded with tokenizer fingerprint {str(cached)[:16]}... "
-            f"(from {manifest.get('tokenizer_path')!r}) but this run decodes with {tokenizer_fingerprint[:16]}...: "
-            "re-run data_prep/encode_latents.py with this tokenizer, or pass the tokenizer the cache was made with"
-        )
+    return merge_manifests(manifests, dirs)
 
 
 # ------------------------------------------------------------------------------------------- the decode
@@ -198,8 +102,7 @@ class LatentDecode:
         self.sample_shape = tuple(int(s) for s in manifest["sample_shape"])
         self.dtype = np.dtype(str(manifest["dtype"]))
         self.codebook = None if codebook is None else codebook.detach().to("cpu", torch.float32).contiguous()
-        mean, std = latent_stats(manifest)
-        self.mean, self.inv_std = mean.view(-1, 1, 1, 1), (1.0 / std).view(-1, 1, 1, 1)
+        self.stats = LatentStats.from_manifest(manifest)
 
     def __call__(self, sample: dict[str, Any], rng: random.Random) -> dict[str, Any]:
         key = sample.get("__key__", "?")
@@ -218,7 +121,7 @@ class LatentDecode:
             z = torch.from_numpy(arr).float()
         meta = json.loads(sample["json"])
         return {
-            "latent": ((z - self.mean) * self.inv_std).contiguous(),
+            "latent": self.stats.normalize(z).contiguous(),
             "label": int(meta["label"]),
             "fps": float(meta["fps"]),
             "key": str(key),

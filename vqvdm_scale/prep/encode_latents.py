@@ -51,11 +51,11 @@ from tqdm import tqdm
 
 from vqvdm_scale.config import ConfigError, to_dict
 from vqvdm_scale.config.text import plural
-from vqvdm_scale.data.latents import LATENT_FORMAT, codebook_sha256, stats_from_sums
 from vqvdm_scale.data.pipeline import ErrorCounter, shard_sample_pipeline
 from vqvdm_scale.data.urls import resolve_shards
 from vqvdm_scale.engine.env import barrier, get_rank, get_world_size, init_distributed, is_dist, pick_device
 from vqvdm_scale.formats.fs import read_manifest
+from vqvdm_scale.formats.latent_shards import LATENT_FORMAT, codebook_sha256, stats_from_sums
 from vqvdm_scale.formats.shard_io import (  # the same atomic writing as make_shards
     MANIFEST_NAME,
     HashingWriter,

@@ -6,23 +6,17 @@ The same functions make the sample videos in TensorBoard during training and the
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 
-from vqvdm_scale.config import ConfigError, from_dict, to_dict
-from vqvdm_scale.diffusion import DiffusionConfig, GaussianDiffusion, make_clip_sampler, sample_long_video
+from vqvdm_scale.config import ConfigError
+from vqvdm_scale.diffusion import GaussianDiffusion, make_clip_sampler, sample_long_video
+from vqvdm_scale.formats.ldm_export import LatentSpec
 from vqvdm_scale.models.tokenizer import VQTokenizer
-from vqvdm_scale.models.unet.model import UNet3D, UNetConfig
-
-EMA_FILE = "ema.safetensors"
-EMA_FORMAT = "vqvdm-ldm-ema/1"
 
 
 @dataclass
@@ -52,90 +46,6 @@ class SampleConfig:
     def __post_init__(self) -> None:
         if self.steps < 1 or self.num_clips < 1 or self.overlap < 0:
             raise ConfigError("sample.steps and sample.num_clips must be >= 1 and sample.overlap >= 0")
-
-
-@dataclass
-class LatentSpec:
-    """What the diffusion model generates and how to turn it back into tokenizer latents."""
-
-    shape: tuple[int, int, int, int]  # C, t, h, w
-    mean: torch.Tensor  # [C] per-channel mean of the cache (normalisation)
-    std: torch.Tensor  # [C]
-    fps: float  # the clip fps the model was trained on most (used when none is given)
-
-
-def save_ema(
-    path: Path,
-    ema: dict[str, torch.Tensor],
-    model: UNetConfig,
-    diffusion: DiffusionConfig,
-    spec: LatentSpec,
-    tokenizer_fingerprint: str,
-    step: int,
-    class_names: Sequence[str],
-) -> None:
-    """Write EMA weights + everything sampling needs into one safetensors file (no pickle)."""
-    meta = {
-        "format": EMA_FORMAT,
-        "model": json.dumps(to_dict(model)),
-        "diffusion": json.dumps(to_dict(diffusion)),
-        "latent_shape": json.dumps(list(spec.shape)),
-        "latent_fps": str(spec.fps),
-        "tokenizer_fingerprint": tokenizer_fingerprint,
-        "step": str(step),
-        "classes": json.dumps(list(class_names)),
-    }
-    tensors = {f"net.{k}": v.contiguous() for k, v in ema.items()}
-    tensors["latent.mean"] = spec.mean.float().contiguous()
-    tensors["latent.std"] = spec.std.float().contiguous()
-    tmp = path.with_suffix(".tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    tmp.replace(path)
-
-
-@dataclass
-class SamplingModel:
-    """A loaded EMA network with its diffusion process and latent spec."""
-
-    net: UNet3D
-    diffusion: GaussianDiffusion
-    spec: LatentSpec
-    tokenizer_fingerprint: str
-    step: int
-    classes: list[str]
-
-
-def load_ema(path: str | Path, device: torch.device | str = "cpu") -> SamplingModel:
-    """Load a file written by :func:`save_ema`."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} does not exist: give a run dir or a checkpoint dir that holds {EMA_FILE}"
-        )
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-        if meta.get("format") != EMA_FORMAT:
-            raise ValueError(f"{path} is not an LDM EMA file (format {meta.get('format')!r})")
-        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no items()
-    mcfg = from_dict(UNetConfig, json.loads(meta["model"]))
-    dcfg = from_dict(DiffusionConfig, json.loads(meta["diffusion"]))
-    net = UNet3D(mcfg)
-    net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
-    net.to(device).eval()
-    spec = LatentSpec(
-        shape=tuple(json.loads(meta["latent_shape"])),  # type: ignore[arg-type]
-        mean=tensors["latent.mean"],
-        std=tensors["latent.std"],
-        fps=float(meta["latent_fps"]),
-    )
-    return SamplingModel(
-        net,
-        GaussianDiffusion(dcfg),
-        spec,
-        meta["tokenizer_fingerprint"],
-        int(meta["step"]),
-        json.loads(meta["classes"]),
-    )
 
 
 @torch.no_grad()
@@ -179,9 +89,7 @@ def decode_latents(
     tokenizer: VQTokenizer, z: torch.Tensor, spec: LatentSpec, quantize: bool = True
 ) -> torch.Tensor:
     """Tokenizer decode of normalised latents ``[B, C, n, h, w]`` clip by clip, to videos in [-1, 1]."""
-    mean = spec.mean.to(z).view(1, -1, 1, 1, 1)
-    std = spec.std.to(z).view(1, -1, 1, 1, 1)
-    z = z * std + mean
+    z = spec.stats.denormalize(z)
     t = spec.shape[1]
     pieces = []
     for start in range(0, z.shape[2], t):

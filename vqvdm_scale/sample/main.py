@@ -18,15 +18,9 @@ from tqdm import tqdm
 from vqvdm_scale.config import ConfigError, UserError, to_dict
 from vqvdm_scale.engine.checkpoint import latest_checkpoint
 from vqvdm_scale.engine.env import barrier, get_rank, get_world_size, init_distributed, pick_device, print0
+from vqvdm_scale.formats.ldm_export import EMA_FILE, load_ema
 from vqvdm_scale.formats.tokenizer_export import load_tokenizer
-from vqvdm_scale.sample.api import (
-    EMA_FILE,
-    SampleConfig,
-    decode_latents,
-    generate_latents,
-    load_ema,
-    write_videos,
-)
+from vqvdm_scale.sample.api import SampleConfig, decode_latents, generate_latents, write_videos
 
 
 @dataclass

@@ -15,30 +15,19 @@ from typing import Any
 import torch
 
 from vqvdm_scale.config.core import ConfigError, register_presets
-from vqvdm_scale.data.latents import (
-    LatentLoaderConfig,
-    build_latent_loader,
-    check_fingerprint,
-    latent_stats,
-    read_latent_manifest,
-)
+from vqvdm_scale.data.latents import LatentLoaderConfig, build_latent_loader, read_latent_manifest
 from vqvdm_scale.data.loader import LoaderState
 from vqvdm_scale.diffusion import DiffusionConfig, DiffusionLoss, GaussianDiffusion
 from vqvdm_scale.engine.config import TrainConfig
 from vqvdm_scale.engine.deepspeed_engine import build_engine
 from vqvdm_scale.engine.env import barrier, is_main, print0
+from vqvdm_scale.formats.latent_shards import LatentStats, check_fingerprint
+from vqvdm_scale.formats.ldm_export import EMA_FILE, LatentSpec, save_ema
 from vqvdm_scale.formats.tokenizer_export import load_tokenizer, read_fingerprint
 from vqvdm_scale.models.unet.model import UNet3D, UNetConfig
 from vqvdm_scale.models.unet.presets import unet_preset
 from vqvdm_scale.monitor.meters import count_flops
-from vqvdm_scale.sample.api import (
-    EMA_FILE,
-    LatentSpec,
-    SampleConfig,
-    decode_latents,
-    generate_latents,
-    save_ema,
-)
+from vqvdm_scale.sample.api import SampleConfig, decode_latents, generate_latents
 from vqvdm_scale.train.config import RunConfig
 from vqvdm_scale.train.loop import Trainer, Update
 
@@ -135,10 +124,9 @@ class LDMTrainer(Trainer):
         self.loss_fn = DiffusionLoss(self.diffusion, cfg.model.num_classes)
         self.dtype = cfg.train.dtype
         self.tokenizer, _, self.fingerprint = load_tokenizer(cfg.tokenizer)
-        mean, std = latent_stats(self.manifest)
         shape = tuple(int(s) for s in self.manifest["latent_shape"])
         # fps for samples: the clip fps of the data, read off the first batch (8 until then).
-        self.spec = LatentSpec(shape=shape, mean=mean, std=std, fps=8.0)  # type: ignore[arg-type]
+        self.spec = LatentSpec(shape=shape, stats=LatentStats.from_manifest(self.manifest), fps=8.0)  # type: ignore[arg-type]
         self._fps_seen = False
 
     def build_loader(self, state: dict[str, Any] | None) -> Any:

@@ -1,0 +1,128 @@
+"""The latent-shard contract (written by encode_latents, read by the latent loader and sampling).
+
+A latent cache is a folder of tar shards plus ``manifest.json`` (format :data:`LATENT_FORMAT`): the
+tokenizer fingerprint, store (code indices or fp16 latents), shapes and dtype, the codebook's sha256,
+counts, sha256 per shard, and per-channel statistics (count, sums, sums of squares, mean, std) of the
+dequantised latents. Raw latents are stored and normalised at load (EDM2-style) with
+:class:`LatentStats`, the one place that normalisation is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+from torch import Tensor
+
+from vqvdm_scale.config.core import UserError
+
+LATENT_FORMAT = "vqvdm-latent-shards/1"
+STD_FLOOR = 1e-6  # a constant channel (one code used) normalises to 0 instead of dividing by 0
+
+# what several caches read as one must agree on
+SAME_KEYS = (
+    "fingerprint",
+    "store",
+    "dtype",
+    "latent_shape",
+    "sample_shape",
+    "codebook_size",
+    "codebook_sha256",
+)
+
+
+def stats_from_sums(
+    positions: int, sums: Sequence[float], sumsqs: Sequence[float]
+) -> tuple[list[float], list[float]]:
+    """Per-channel (mean, std) from a count and per-channel sums / sums of squares (population std)."""
+    if positions <= 0:
+        raise ValueError("no latent positions were encoded: the cache is empty, so it has no statistics")
+    mean = [s / positions for s in sums]
+    std = [
+        max(math.sqrt(max(q / positions - m * m, 0.0)), STD_FLOOR) for q, m in zip(sumsqs, mean, strict=True)
+    ]
+    return mean, std
+
+
+def codebook_sha256(codebook: Tensor) -> str:
+    """sha256 of a ``[K, D]`` codebook's fp32 bytes (what the cache's indices refer to)."""
+    t = codebook.detach().to("cpu", torch.float32).contiguous()
+    return hashlib.sha256(t.reshape(-1).view(torch.uint8).numpy().tobytes()).hexdigest()
+
+
+@dataclass
+class LatentStats:
+    """Per-channel mean and std ``[D]`` of a cache's latents: the normalisation stage 2 trains in."""
+
+    mean: Tensor
+    std: Tensor
+
+    @classmethod
+    def from_manifest(cls, manifest: dict[str, Any]) -> LatentStats:
+        """The statistics a latent manifest records."""
+        stats = manifest.get("stats")
+        if not isinstance(stats, dict) or "mean" not in stats or "std" not in stats:
+            raise UserError(
+                "the latent manifest has no 'stats' with mean/std; re-run data_prep/encode_latents.py"
+            )
+        return cls(
+            torch.tensor(stats["mean"], dtype=torch.float32), torch.tensor(stats["std"], dtype=torch.float32)
+        )
+
+    def _view(self, v: Tensor, z: Tensor) -> Tensor:
+        # channels sit at dim -4 of both [D, t, h, w] and [B, D, t, h, w]
+        return v.to(z.device, z.dtype).view(-1, 1, 1, 1)
+
+    def normalize(self, z: Tensor) -> Tensor:
+        """``(z_q - mean) / std`` per channel, for ``[D, t, h, w]`` or ``[B, D, t, h, w]``."""
+        return (z - self._view(self.mean, z)) / self._view(self.std, z)
+
+    def denormalize(self, z: Tensor) -> Tensor:
+        """``z * std + mean`` per channel: the tokenizer's quantised latent z_q, ready for decoding."""
+        return z * self._view(self.std, z) + self._view(self.mean, z)
+
+
+def merge_manifests(manifests: Sequence[dict[str, Any]], sources: Sequence[str]) -> dict[str, Any]:
+    """Several caches read as one: they must agree on :data:`SAME_KEYS`; statistics pool from the sums."""
+    first = manifests[0]
+    if len(manifests) == 1:
+        return first
+    for d, m in zip(sources[1:], manifests[1:], strict=True):
+        diff = [k for k in SAME_KEYS if m.get(k) != first.get(k)]
+        if diff:
+            raise UserError(
+                f"latent caches {sources[0]} and {d} differ in {diff}; encode both with the same tokenizer and options"
+            )
+    positions = sum(int(m["stats"]["positions"]) for m in manifests)
+    sums = [sum(vals) for vals in zip(*(m["stats"]["sum"] for m in manifests), strict=True)]
+    sumsqs = [sum(vals) for vals in zip(*(m["stats"]["sumsq"] for m in manifests), strict=True)]
+    mean, std = stats_from_sums(positions, sums, sumsqs)
+    merged = dict(first)
+    merged["stats"] = {"positions": positions, "sum": sums, "sumsq": sumsqs, "mean": mean, "std": std}
+    merged["num_samples"] = sum(int(m.get("num_samples", 0)) for m in manifests)
+    merged["sources"] = list(sources)
+    return merged
+
+
+def check_fingerprint(
+    manifest: dict[str, Any], tokenizer_fingerprint: Optional[str], where: str = ""
+) -> None:
+    """UserError unless the cache was encoded by the tokenizer with ``tokenizer_fingerprint``."""
+    cached = manifest.get("fingerprint")
+    if tokenizer_fingerprint is None:
+        warnings.warn(
+            "no tokenizer fingerprint given: the latent cache is used without checking which tokenizer made it",
+            stacklevel=3,
+        )
+        return
+    if cached != tokenizer_fingerprint:
+        raise UserError(
+            f"latent cache{f' {where}' if where else ''} was encoded with tokenizer fingerprint {str(cached)[:16]}... "
+            f"(from {manifest.get('tokenizer_path')!r}) but this run decodes with {tokenizer_fingerprint[:16]}...: "
+            "re-run data_prep/encode_latents.py with this tokenizer, or pass the tokenizer the cache was made with"
+        )
