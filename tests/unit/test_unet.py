@@ -8,13 +8,8 @@ import pytest
 import torch
 
 from vqvdm_scale.config.core import ConfigError
-from vqvdm_scale.models.unet.model import (
-    SpatialAttention,
-    TemporalAttention,
-    UNet3D,
-    UNetConfig,
-    count_parameters,
-)
+from vqvdm_scale.models.unet.config import UNetConfig
+from vqvdm_scale.models.unet.model import SpatialAttention, TemporalAttention, UNet3D, count_parameters
 from vqvdm_scale.models.unet.presets import UNET_PRESETS, unet_preset
 
 X_SHAPE = (2, 4, 4, 8, 8)  # [B, C, t, h, w]

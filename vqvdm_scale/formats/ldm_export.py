@@ -19,7 +19,8 @@ from safetensors.torch import save_file
 from vqvdm_scale.config import from_dict, to_dict
 from vqvdm_scale.diffusion import DiffusionConfig, GaussianDiffusion
 from vqvdm_scale.formats.latent_shards import LatentStats
-from vqvdm_scale.models.unet.model import UNet3D, UNetConfig
+from vqvdm_scale.models.unet.config import UNetConfig
+from vqvdm_scale.models.unet.model import UNet3D
 
 EMA_FILE = "ema.safetensors"
 EMA_FORMAT = "vqvdm-ldm-ema/1"

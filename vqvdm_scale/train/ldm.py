@@ -24,7 +24,8 @@ from vqvdm_scale.engine.env import barrier, is_main, print0
 from vqvdm_scale.formats.latent_shards import LatentStats, check_fingerprint
 from vqvdm_scale.formats.ldm_export import EMA_FILE, LatentSpec, save_ema
 from vqvdm_scale.formats.tokenizer_export import load_tokenizer, read_fingerprint
-from vqvdm_scale.models.unet.model import UNet3D, UNetConfig
+from vqvdm_scale.models.unet.config import UNetConfig
+from vqvdm_scale.models.unet.model import UNet3D
 from vqvdm_scale.models.unet.presets import unet_preset
 from vqvdm_scale.monitor.meters import count_flops
 from vqvdm_scale.sample.api import SampleConfig, decode_latents, generate_latents

@@ -6,7 +6,7 @@ import dataclasses
 from typing import Any
 
 from vqvdm_scale.config.core import ConfigError
-from vqvdm_scale.models.unet.model import UNetConfig
+from vqvdm_scale.models.unet.config import UNetConfig
 
 __all__ = ["UNET_PRESETS", "unet_preset"]
 
