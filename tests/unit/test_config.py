@@ -9,7 +9,7 @@ from typing import Literal, Optional
 import pytest
 
 from vqvdm_scale.config import ConfigError, dump_config, load_config, to_dict
-from vqvdm_scale.config.core import register_presets
+from vqvdm_scale.config.core import presets
 from vqvdm_scale.engine.config import TrainConfig
 from vqvdm_scale.train.config import RunConfig
 
@@ -21,14 +21,14 @@ class Model:
     kind: Literal["3d", "factorized"] = "3d"
 
 
-register_presets(Model, lambda name: {"small": Model(width=4), "big": Model(width=64, mult=(1, 2, 4))}[name])
+MODEL_PRESETS = {"small": Model(width=4), "big": Model(width=64, mult=(1, 2, 4))}
 
 
 @dataclass
 class Root:
     run: RunConfig = field(default_factory=RunConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    model: Model = field(default_factory=Model)
+    model: Model = field(default_factory=Model, metadata=presets(lambda name: MODEL_PRESETS[name]))
     tokenizer: Optional[str] = None
 
 

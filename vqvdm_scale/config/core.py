@@ -22,13 +22,25 @@ BASE_KEY = "_base_"
 PRESET_KEY = "preset"
 MISSING = dataclasses.MISSING  # the default of a field that has none (see flat_fields)
 
-# dataclass -> function(name) returning a preset instance; lets a section say ``preset: tiny``.
-_PRESETS: dict[type, Callable[[str], Any]] = {}
+_PRESETS_META = "vqvdm_presets"
 
 
-def register_presets(cls: type, getter: Callable[[str], Any]) -> None:
-    """Let YAML sections of type ``cls`` start from a named preset: ``model: {preset: tiny, ...}``."""
-    _PRESETS[cls] = getter
+def presets(getter: Callable[[str], Any]) -> dict[str, Any]:
+    """Field metadata that lets a section start from a named preset: ``model: {preset: tiny, ...}``.
+
+    ``model: UNetConfig = field(default_factory=UNetConfig, metadata=presets(unet_preset))``; the parent
+    config names the presets of its own section, so there is no global registry.
+    """
+    return {_PRESETS_META: getter}
+
+
+def _apply_preset(data: Mapping[str, Any], getter: Callable[[str], Any], key: str) -> dict[str, Any]:
+    rest = {k: v for k, v in data.items() if k != PRESET_KEY}
+    try:
+        preset = getter(str(data[PRESET_KEY]))
+    except (KeyError, ValueError) as e:
+        raise ConfigError(f"{key}.{PRESET_KEY}: {e}") from e
+    return _deep_merge(to_dict(preset), rest)
 
 
 class UserError(ValueError):
@@ -153,13 +165,9 @@ def _fields(cls: type) -> dict[str, Any]:
 def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
     """Build dataclass ``cls`` from a nested mapping, rejecting unknown keys and coercing types."""
     fields = _fields(cls)
-    if PRESET_KEY in data and PRESET_KEY not in fields and cls in _PRESETS:
-        rest = {k: v for k, v in data.items() if k != PRESET_KEY}
-        try:
-            preset = _PRESETS[cls](str(data[PRESET_KEY]))
-        except (KeyError, ValueError) as e:
-            raise ConfigError(f"{prefix + '.' if prefix else ''}{PRESET_KEY}: {e}") from e
-        data = _deep_merge(to_dict(preset), rest)
+    getters = {
+        f.name: f.metadata[_PRESETS_META] for f in dataclasses.fields(cls) if _PRESETS_META in f.metadata
+    }
     kwargs: dict[str, Any] = {}
     for name, value in data.items():
         key = f"{prefix}.{name}" if prefix else name
@@ -168,6 +176,8 @@ def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
                 f"unknown config key {key!r}; allowed keys{' in ' + prefix if prefix else ''}: "
                 f"{', '.join(sorted(fields))}"
             )
+        if name in getters and isinstance(value, Mapping) and PRESET_KEY in value:
+            value = _apply_preset(value, getters[name], key)
         kwargs[name] = _coerce(value, fields[name], key)
     try:
         return cls(**kwargs)
@@ -345,7 +355,7 @@ __all__ = [
     "override_types_hint",
     "parse_overrides",
     "read_yaml",
-    "register_presets",
+    "presets",
     "replace",
     "to_dict",
     "type_name",

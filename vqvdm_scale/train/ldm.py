@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from vqvdm_scale.config.core import ConfigError, register_presets
+from vqvdm_scale.config.core import ConfigError, presets
 from vqvdm_scale.data.latents import LatentLoaderConfig, build_latent_loader, read_latent_manifest
 from vqvdm_scale.data.loader import LoaderState
 from vqvdm_scale.diffusion import DiffusionConfig, DiffusionLoss, GaussianDiffusion
@@ -32,8 +32,6 @@ from vqvdm_scale.sample.api import SampleConfig, decode_latents, generate_latent
 from vqvdm_scale.train.config import RunConfig
 from vqvdm_scale.train.loop import Trainer, Update
 
-register_presets(UNetConfig, lambda name: unet_preset(name))  # lets YAML say model: {preset: tiny}
-
 T_BUCKETS = 4  # loss is also logged per quarter of the timestep range
 
 
@@ -49,7 +47,7 @@ class LDMRunConfig:
 
     run: RunConfig = field(default_factory=lambda: RunConfig(dir="runs/ldm"))
     data: LatentLoaderConfig = field(default_factory=LatentLoaderConfig)
-    model: UNetConfig = field(default_factory=UNetConfig)
+    model: UNetConfig = field(default_factory=UNetConfig, metadata=presets(unet_preset))
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(ema_decay=0.999))
     sample: SampleConfig = field(default_factory=lambda: SampleConfig(steps=50))

@@ -17,7 +17,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from vqvdm_scale.config.core import ConfigError, register_presets
+from vqvdm_scale.config.core import ConfigError, presets
 from vqvdm_scale.data import ClipLoaderConfig, LoaderState, build_clip_loader
 from vqvdm_scale.engine.config import TrainConfig
 from vqvdm_scale.engine.deepspeed_engine import build_engine
@@ -35,8 +35,6 @@ from vqvdm_scale.models.tokenizer import (
 from vqvdm_scale.train.config import RunConfig
 from vqvdm_scale.train.loop import Trainer, Update
 
-register_presets(TokenizerConfig, tokenizer_preset)  # lets YAML say model: {preset: tiny}
-
 
 @dataclass
 class VQGANRunConfig:
@@ -49,7 +47,7 @@ class VQGANRunConfig:
 
     run: RunConfig = field(default_factory=lambda: RunConfig(dir="runs/vqgan"))
     data: ClipLoaderConfig = field(default_factory=ClipLoaderConfig)
-    model: TokenizerConfig = field(default_factory=TokenizerConfig)
+    model: TokenizerConfig = field(default_factory=TokenizerConfig, metadata=presets(tokenizer_preset))
     disc: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
     loss: VQGANLossConfig = field(default_factory=VQGANLossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
