@@ -12,8 +12,9 @@ from vqvdm_scale.data.latents import (
     build_latent_loader,
     read_latent_manifest,
 )
-from vqvdm_scale.data.loader import LoaderState, ResumableLoader, StreamConfig
+from vqvdm_scale.data.loader import LoaderState, ResumableLoader
 from vqvdm_scale.data.pipeline import ErrorCounter, shard_sample_pipeline
+from vqvdm_scale.data.reader import StreamConfig
 from vqvdm_scale.data.urls import resolve_shards
 
 __all__ = [

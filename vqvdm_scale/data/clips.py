@@ -38,13 +38,8 @@ import torch
 import torch.nn.functional as F
 
 from vqvdm_scale.config.core import ConfigError
-from vqvdm_scale.data.loader import (
-    LoaderState,
-    ResumableLoader,
-    SkipSample,
-    StreamConfig,
-    plan_workers,
-)
+from vqvdm_scale.data.loader import LoaderState, ResumableLoader
+from vqvdm_scale.data.reader import SkipSample, StreamConfig, plan_workers
 from vqvdm_scale.data.urls import resolve_shards
 
 __all__ = [

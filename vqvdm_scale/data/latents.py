@@ -38,7 +38,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from vqvdm_scale.config.core import ConfigError
-from vqvdm_scale.data.loader import LoaderState, ResumableLoader, StreamConfig, plan_workers
+from vqvdm_scale.data.loader import LoaderState, ResumableLoader
+from vqvdm_scale.data.reader import StreamConfig, plan_workers
 from vqvdm_scale.data.urls import resolve_shards
 from vqvdm_scale.formats.fs import read_manifest
 from vqvdm_scale.formats.latent_shards import (
