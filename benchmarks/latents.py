@@ -3,12 +3,15 @@ member tar read rate, and the stage-2 step time with cached latents vs encoding 
 
 ``python -m benchmarks.latents [--seconds S] [--resolution R] [--batch-size B] [--preset tiny]``.
 Writes synthetic mp4 shards and a randomly initialised tokenizer of the given preset (speed does not depend
-on the weights) to a temporary folder; the stage-2 model is the "tiny" UNet3D preset.
+on the weights) to a temporary folder. The stage-2 step is the trainer's micro-step (``run_updates`` over
+``diffusion_step`` on a ``build_engine`` engine) with the model, diffusion and train sections of
+``--ldm-config`` (default ldm/tiny.yaml; channels and classes from the cache).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import tempfile
 import time
@@ -18,18 +21,19 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from benchmarks.steps import TrainStep, ldm_train_step, load_stage_config
 from vqvdm_scale.data import ClipLoaderConfig, build_clip_loader, shard_sample_pipeline
 from vqvdm_scale.data.latents import LatentLoaderConfig, build_latent_loader
 from vqvdm_scale.data.urls import resolve_shards
 from vqvdm_scale.formats.latent_shards import LatentStats
 from vqvdm_scale.formats.tokenizer_export import export_tokenizer, load_tokenizer
 from vqvdm_scale.models.tokenizer import VQTokenizer, tokenizer_preset
-from vqvdm_scale.models.unet.model import UNet3D
-from vqvdm_scale.models.unet.presets import unet_preset
-from vqvdm_scale.prep.encode_latents import EncodeConfig, encode_clips
+from vqvdm_scale.prep.encode_latents import EncodeConfig
 from vqvdm_scale.prep.encode_latents import main as encode_main
+from vqvdm_scale.prep.latent_writer import encode_clips
+from vqvdm_scale.train.ldm import LDMRunConfig
+from vqvdm_scale.train.loop import run_updates
 
 NUM_CLASSES = 4
 
@@ -83,23 +87,14 @@ def bytes_per_sample(root: Path) -> tuple[float, int]:
 def stage2_step_time(
     batches: Iterator[dict[str, Any]],
     to_latent: Callable[[dict[str, Any]], torch.Tensor],
-    unet: UNet3D,
+    step: TrainStep,
     steps: int,
 ) -> float:
-    """Seconds per stage-2 step (fetch batch -> latents -> eps-prediction forward + backward), mean of ``steps``."""
-    opt = torch.optim.SGD(unet.parameters(), lr=1e-4)
+    """Seconds per stage-2 step (fetch batch -> latents -> the trainer's micro-step), mean of ``steps``."""
 
     def one() -> None:
         batch = next(batches)
-        x0 = to_latent(batch)
-        t = torch.randint(0, 1000, (x0.shape[0],))
-        noise = torch.randn_like(x0)
-        # any noising works for timing; this is the DDPM form with a fixed alpha_bar
-        xt = 0.8 * x0 + 0.6 * noise
-        loss = F.mse_loss(unet(xt, t, batch["label"], batch["fps"]), noise)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        run_updates(step.updates, step.engines, {**batch, "latent": to_latent(batch)})
 
     one()  # warm-up (worker start, first allocation)
     start = time.perf_counter()
@@ -117,6 +112,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--resolution", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--preset", default="tiny", help="tokenizer preset (randomly initialised)")
+    parser.add_argument(
+        "--ldm-config",
+        default="ldm/tiny.yaml",
+        help="stage-2 config whose model, diffusion and train are stepped",
+    )
     parser.add_argument("--workers", default="1,2", help="comma list of latent loader worker counts")
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads (more than free cores thrashes)"
@@ -182,7 +182,13 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(f"latent loader, {workers} worker(s): {r:.0f} samples/s")
 
         d = tcfg.latent_dim
-        unet = UNet3D(unet_preset("tiny", in_channels=d, num_classes=NUM_CLASSES, use_fps=True))
+        ldm = load_stage_config(LDMRunConfig, args.ldm_config)
+        ldm = dataclasses.replace(
+            ldm, model=dataclasses.replace(ldm.model, in_channels=d, num_classes=NUM_CLASSES)
+        )
+        unet = ldm_train_step(
+            ldm, tcfg.latent_shape(args.frames, args.resolution, args.resolution), args.batch_size
+        )
         lcfg = LatentLoaderConfig(
             train_latents=latents,
             batch_size=args.batch_size,
@@ -210,7 +216,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
         fly = stage2_step_time(iter(build_clip_loader(ccfg)), encode_on_the_fly, unet, args.steps)
         print(
-            f"stage-2 step (tiny UNet fwd+bwd, batch {args.batch_size}): cached latents {cached * 1e3:.0f} ms, "
+            f"stage-2 step ({args.ldm_config}, batch {args.batch_size}): cached latents {cached * 1e3:.0f} ms, "
             f"decode+encode on the fly {fly * 1e3:.0f} ms -> on-the-fly / cached = {fly / cached:.2f}x"
         )
         steps_per_s = args.batch_size / cached

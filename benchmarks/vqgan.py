@@ -1,29 +1,36 @@
 """Stage-1 tokenizer benchmark: parameters, forward FLOPs, training-step time and inference clips/s.
 
-``python -m benchmarks.vqgan [--presets tiny,vqvdm] [--repeats N] [--threads N]``
+``python -m benchmarks.vqgan [--config vqgan/vqvdm.yaml[,vqgan/tiny.yaml]] [--batch N] [--repeats N]
+[--threads N] [a.b=c ...]``
 
-Per tokenizer preset at its clip size (tiny 16x32x32, batch 8; vqvdm/tats 16x128x128, batch 1) in fp32:
+Per stage-1 config (default the paper-scale ``vqgan/vqvdm.yaml``; a path or a shipped name), at the
+config's clip size (``data.frames`` x ``data.resolution``^2) and model, discriminators and loss:
+
 - parameters of the tokenizer and, separately, of its discriminators (3D clip + 2D frame PatchGANs);
-- GFLOPs per clip of encoder + quantizer + decoder forward (torch's FlopCounterMode);
-- a full training step: tokenizer forward, VQGAN generator loss (L1 + VQ + adaptive-weighted GAN +
-  feature matching, GAN on from step 0), backward, Adam step; then a discriminator forward/backward/Adam
-  step. The LPIPS term is OFF: its VGG16 weights cannot be downloaded offline (with them, add one VGG16
-  pass on ``perceptual_frames`` frames per clip). Loss weights and discriminator sizes follow
-  configs/vqgan/{tiny,vqvdm}.yaml; activation checkpointing is off (the vqvdm config turns it on to
-  save memory, at the price of about one more forward);
-- encoder + quantizer + decoder inference (eval mode, no grad) clips/s.
+- GFLOPs per clip of encoder + quantizer + decoder forward (torch's FlopCounterMode, meta device);
+- a training step: ``run_updates`` over the trainer's two updates (``generator_step`` then
+  ``discriminator_step`` from vqvdm_scale.train.vqgan), each followed by ``engine.backward`` and
+  ``engine.step`` on DeepSpeed engines from ``build_engine`` with the config's ``train`` section (AdamW
+  with ``train.optim`` / ``train.disc_optim``, grad clipping, precision, ZeRO stage). The step index is
+  ``loss.disc_start_step``, so the GAN and feature-matching terms are on, as in every step after the
+  discriminator starts. LPIPS runs as configured; where its VGG16 weights are not on disk the trunk is
+  randomly initialised (``loss.lpips_random_init=true``; the same cost);
+- inference clips/s: ``encode_clips`` (what encode_latents.py runs) then ``decode_latents`` (what
+  sampling runs: nearest-code quantisation + decoder), on a fresh fp32 tokenizer in eval mode.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from benchmarks.common import (
+    add_common_args,
+    config_names,
     count_flops_meta,
     fmt,
     format_table,
@@ -32,25 +39,25 @@ from benchmarks.common import (
     set_threads,
     time_call,
 )
-from vqvdm_scale.losses.vqgan_loss import VQGANLoss, VQGANLossConfig
-from vqvdm_scale.models.tokenizer import (
-    TOKENIZER_PRESETS,
-    DiscriminatorConfig,
-    Discriminators,
-    VQTokenizer,
-    tokenizer_preset,
-)
+from benchmarks.steps import load_stage_config, vqgan_train_step
+from vqvdm_scale.formats.latent_shards import LatentStats
+from vqvdm_scale.formats.ldm_export import LatentSpec
+from vqvdm_scale.models.tokenizer import TokenizerConfig, VQTokenizer
 from vqvdm_scale.monitor.meters import count_flops
+from vqvdm_scale.prep.latent_writer import encode_clips
+from vqvdm_scale.sample.api import decode_latents
+from vqvdm_scale.train.vqgan import VQGANRunConfig
 
-__all__ = ["COLUMNS", "TokenizerBench", "bench_tokenizer", "main"]
+__all__ = ["COLUMNS", "bench_tokenizer", "main"]
 
 COLUMNS = [
-    "preset",
+    "config",
     "clip TxHxW",
     "params (M)",
     "disc params (M)",
     "GFLOPs/clip fwd",
     "batch",
+    "precision",
     "train step (s)",
     "train clips/s",
     "infer clips/s",
@@ -58,42 +65,8 @@ COLUMNS = [
     "timings",
 ]
 
-
-@dataclass
-class TokenizerBench:
-    """What to measure for one tokenizer preset: clip size, batch, discriminator and loss settings."""
-
-    preset: str
-    clip: tuple[int, int, int]
-    batch: int
-    disc: DiscriminatorConfig
-    loss: VQGANLossConfig
-    lr: float
-
-
-def bench_spec(preset: str) -> TokenizerBench:
-    """The measured setting of ``preset`` (clip size from its preset comment; losses from configs/vqgan)."""
-    if preset not in TOKENIZER_PRESETS:
-        raise ValueError(f"unknown tokenizer preset {preset!r}; choose from {', '.join(TOKENIZER_PRESETS)}")
-    if preset == "tiny":
-        return TokenizerBench(
-            preset,
-            (16, 32, 32),
-            8,
-            DiscriminatorConfig(base_channels=16, num_layers=2, frames_2d=4),
-            VQGANLossConfig(
-                perceptual_weight=0.0, gan_weight=0.1, feature_match_weight=0.1, disc_start_step=0
-            ),
-            5e-4,
-        )
-    return TokenizerBench(
-        preset,
-        (16, 128, 128),
-        1,
-        DiscriminatorConfig(base_channels=64, num_layers=3, frames_2d=4),
-        VQGANLossConfig(perceptual_weight=0.0, gan_weight=1.0, feature_match_weight=4.0, disc_start_step=0),
-        1e-4,
-    )
+# Speed does not depend on the VGG16 weights; without them on disk the perceptual term would refuse to run.
+LPIPS_RANDOM = "loss.lpips_random_init=true"
 
 
 def _params(module: torch.nn.Module) -> int:
@@ -104,10 +77,10 @@ def forward_flops_per_clip(model: VQTokenizer, clip: tuple[int, int, int]) -> in
     """FLOPs of encoder + quantizer + decoder forward for one clip.
 
     Encoder and decoder are counted on the meta device (see :func:`count_flops_meta`); the quantizer uses
-    ``bincount``, which has no meta kernel, so it runs for real on a random latent of the right shape
-    (it is a small nearest-code search).
+    ``bincount``, which has no meta kernel, so a fp32 copy of it runs for real on a random latent of the
+    right shape (it is a small nearest-code search).
     """
-    cfg = model.cfg
+    cfg: TokenizerConfig = model.cfg
     latent = cfg.latent_shape(*clip)
 
     def build_encoder() -> Callable[[], Any]:
@@ -120,64 +93,55 @@ def forward_flops_per_clip(model: VQTokenizer, clip: tuple[int, int, int]) -> in
         z = torch.randn(1, *latent)
         return lambda: dec(z)
 
-    quantizer = model.quantizer
-    was_training = quantizer.training
-    quantizer.eval()  # no EMA codebook update from a benchmark input
+    quantizer = copy.deepcopy(model.quantizer).float().eval()  # eval: no EMA codebook update
     z = torch.randn(1, *latent)
     with torch.no_grad():
         q_flops = count_flops(lambda: quantizer(z))
-    quantizer.train(was_training)
     return count_flops_meta(build_encoder) + q_flops + count_flops_meta(build_decoder)
 
 
-def bench_tokenizer(spec: TokenizerBench, repeats: int, budget_s: float, warmup: int = 1) -> dict[str, Any]:
-    """Measure one tokenizer preset; returns parameters, FLOPs and timings as plain data."""
+def bench_tokenizer(
+    name: str, cfg: VQGANRunConfig, batch: int | None, repeats: int, budget_s: float, warmup: int = 1
+) -> dict[str, Any]:
+    """Measure one stage-1 config; returns parameters, FLOPs, timings and what the step used."""
     torch.manual_seed(0)
-    cfg = tokenizer_preset(spec.preset)
-    model = VQTokenizer(cfg)
-    disc = Discriminators(spec.disc)
-    loss = VQGANLoss(spec.loss)
-    opt_g = torch.optim.Adam(model.parameters(), lr=spec.lr, betas=(0.5, 0.9))
-    opt_d = torch.optim.Adam(disc.parameters(), lr=spec.lr, betas=(0.5, 0.9))
-    # Clips in [-1, 1] as the loader delivers them.
-    x = torch.rand(spec.batch, cfg.in_channels, *spec.clip) * 2 - 1
+    clip = (cfg.data.frames, cfg.data.resolution, cfg.data.resolution)
+    step = vqgan_train_step(cfg, batch)
+    x = step.batch
+    b = int(x.shape[0])
+    flops = forward_flops_per_clip(step.engines["autoencoder"].module, clip)  # type: ignore[arg-type]
 
-    flops = forward_flops_per_clip(model, spec.clip)
+    before = step.snapshot()
+    train = time_call(step, repeats, warmup=warmup, budget_s=budget_s)
+    changed = step.changed_since(before)
 
-    def train_step() -> None:
-        model.train()
-        x_rec, qout = model(x)
-        disc.requires_grad_(False)  # the generator loss must not leave gradients in the discriminators
-        try:
-            g_loss, _ = loss.generator_loss(x, x_rec, qout, disc, step=0, last_layer=model.last_layer)
-        finally:
-            disc.requires_grad_(True)
-        opt_g.zero_grad(set_to_none=True)
-        g_loss.backward()
-        opt_g.step()
-        d_loss, _ = loss.discriminator_loss(x, x_rec.detach(), disc, step=0)
-        opt_d.zero_grad(set_to_none=True)
-        d_loss.backward()
-        opt_d.step()
+    tok = VQTokenizer(cfg.model).eval()  # what load_tokenizer gives encode_latents.py and the sampler
+    latent = tuple(cfg.model.latent_shape(*clip))
+    stats = LatentStats(torch.zeros(latent[0]), torch.ones(latent[0]))  # raw latents: identity normalisation
+    spec = LatentSpec(latent, stats, fps=8.0)  # type: ignore[arg-type]
+    clips = x.float()
 
     def infer() -> None:
-        model.eval()
         with torch.no_grad():
-            model.decode(model.quantize(model.encode(x)).z_q)
+            _, z = encode_clips(tok, clips)
+            decode_latents(tok, z, spec, quantize=True)
 
-    train = time_call(train_step, repeats, warmup=warmup, budget_s=budget_s)
     inference = time_call(infer, repeats, warmup=warmup, budget_s=budget_s)
-    infer_clips_s = spec.batch / inference.median
+    infer_clips_s = b / inference.median
     return {
-        "preset": spec.preset,
-        "clip": list(spec.clip),
-        "latent": list(cfg.latent_shape(*spec.clip)),
-        "batch": spec.batch,
-        "params": _params(model),
-        "disc_params": _params(disc),
+        "config": name,
+        "clip": list(clip),
+        "latent": list(latent),
+        "batch": b,
+        "precision": cfg.train.precision,
+        "zero_stage": cfg.train.zero_stage,
+        "optimizers": step.optimizers(),
+        "weights_changed": changed,
+        "params": _params(tok),
+        "disc_params": _params(step.engines["discriminator"].module),
         "flops_fwd_per_clip": flops,
         "train_step": train.to_dict(),
-        "train_clips_per_s": spec.batch / train.median,
+        "train_clips_per_s": b / train.median,
         "infer": inference.to_dict(),
         "infer_clips_per_s": infer_clips_s,
         "infer_gflop_per_s": flops * infer_clips_s / 1e9,
@@ -187,12 +151,13 @@ def bench_tokenizer(spec: TokenizerBench, repeats: int, budget_s: float, warmup:
 
 def _row(r: dict[str, Any]) -> dict[str, str]:
     return {
-        "preset": r["preset"],
+        "config": r["config"],
         "clip TxHxW": "x".join(str(s) for s in r["clip"]),
         "params (M)": fmt(r["params"] / 1e6),
         "disc params (M)": fmt(r["disc_params"] / 1e6),
         "GFLOPs/clip fwd": fmt(r["flops_fwd_per_clip"] / 1e9),
         "batch": str(r["batch"]),
+        "precision": f"{r['precision']}, ZeRO {r['zero_stage']}",
         "train step (s)": fmt(r["train_step"]["median_s"]),
         "train clips/s": fmt(r["train_clips_per_s"]),
         "infer clips/s": fmt(r["infer_clips_per_s"]),
@@ -204,34 +169,38 @@ def _row(r: dict[str, Any]) -> dict[str, str]:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the tokenizer benchmark, print a table and return the numbers."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--presets", default="tiny,vqvdm", help="comma list of tokenizer presets")
-    parser.add_argument("--repeats", type=int, default=3, help="timed calls per measurement (median)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed warm-up calls per measurement")
-    parser.add_argument("--batch", type=int, default=None, help="clips per step for every preset")
+    add_common_args(parser, "vqgan/vqvdm.yaml")
     parser.add_argument(
-        "--budget-s", type=float, default=240.0, help="stop repeating a measurement past this many seconds"
+        "--batch", type=int, default=None, help="clips per step (default train.micro_batch_size)"
     )
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     args = parser.parse_args(argv)
     set_threads(args.threads)
-    presets = [p.strip() for p in args.presets.split(",") if p.strip()]
-    specs = [bench_spec(p) for p in presets]  # validate every name before spending minutes on the first
-    if args.batch is not None:
-        if args.batch < 1:
-            raise ValueError(f"--batch must be >= 1, got {args.batch}")
-        for spec in specs:
-            spec.batch = args.batch
+    if args.batch is not None and args.batch < 1:
+        raise ValueError(f"--batch must be >= 1, got {args.batch}")
+    # Load every config before spending minutes on the first (a typo fails at once).
+    cfgs = {
+        n: load_stage_config(VQGANRunConfig, n, [LPIPS_RANDOM, *args.overrides])
+        for n in config_names(args.config)
+    }
 
     info = machine_info()
-    print("VQGAN tokenizer benchmark (stage 1), fp32")
+    print("VQGAN tokenizer benchmark (stage 1)")
     print(machine_line(info))
     print(
-        "train step = tokenizer fwd + generator loss (L1 + VQ + GAN x eq.7 adaptive weight + feature matching)"
-        " + backward + Adam, then discriminator fwd/bwd/Adam; LPIPS OFF (no VGG16 weights offline)"
+        "train step = run_updates(generator_step, discriminator_step) on build_engine engines with the config's "
+        "train section (GAN on); infer = encode_clips + decode_latents, fp32"
     )
     results: dict[str, Any] = {}
-    for spec in specs:
-        results[spec.preset] = bench_tokenizer(spec, args.repeats, args.budget_s, args.warmup)
+    for name, cfg in cfgs.items():
+        r = bench_tokenizer(name, cfg, args.batch, args.repeats, args.budget_s, args.warmup)
+        results[name] = r
+        optim = cfg.train.disc_optim or cfg.train.optim
+        print(
+            f"[{name}] optimisers: autoencoder {r['optimizers']['autoencoder']} (lr {cfg.train.optim.lr:g}, betas "
+            f"{tuple(cfg.train.optim.betas)}), discriminator {r['optimizers']['discriminator']} (lr {optim.lr:g}); "
+            f"LPIPS weight {cfg.loss.perceptual_weight:g}, GAN weight {cfg.loss.gan_weight:g}, activation "
+            f"checkpointing {'on' if cfg.model.checkpoint_activations else 'off'}"
+        )
     print(format_table(COLUMNS, [_row(r) for r in results.values()]))
     print(
         f"median of the timed calls after {args.warmup} warm-up call(s); '*' = the warm-up call took > 30 s "

@@ -30,7 +30,8 @@ from vqvdm_scale.data.synthetic import SYNTHETIC_FPS
 from vqvdm_scale.formats.latent_shards import LatentStats
 from vqvdm_scale.formats.tokenizer_export import export_tokenizer, load_tokenizer
 from vqvdm_scale.models.tokenizer import VQTokenizer, tokenizer_preset
-from vqvdm_scale.prep.encode_latents import EncodeConfig, main, window_starts
+from vqvdm_scale.prep.encode_latents import EncodeConfig, main
+from vqvdm_scale.prep.encode_windows import window_starts
 from vqvdm_scale.prep.synthetic import make_synthetic_shards
 
 FRAMES, RES, NUM_FRAMES = 16, 32, 32  # 32-frame videos -> 2 non-overlapping 16-frame windows each
@@ -199,14 +200,15 @@ def test_two_ranks_disjoint_shards_one_manifest(data: dict[str, str], tmp_path: 
 _CRASH = """
 import os, sys
 import vqvdm_scale.prep.encode_latents as el
+import vqvdm_scale.prep.latent_writer as lw
 calls = {"n": 0}
-real = el.encode_clips
+real = lw.encode_clips
 def crashing(model, clips):
     calls["n"] += 1
     if calls["n"] == 3:  # first shard (2 batches of 2) is done; the second is half written
         os._exit(17)
     return real(model, clips)
-el.encode_clips = crashing
+lw.encode_clips = crashing
 el.main(el.EncodeConfig(**__import__("json").loads(sys.argv[1])))
 """
 

@@ -23,8 +23,9 @@ from tests.conftest import REPO
 from vqvdm_scale.config import ConfigError, UserError
 from vqvdm_scale.data.synthetic import class_colour, make_synthetic_video, write_synthetic_dataset
 from vqvdm_scale.data.video_io import decode_mp4_bytes, encode_mp4
+from vqvdm_scale.formats.video_shards import sample_key
 from vqvdm_scale.prep.layouts import list_items
-from vqvdm_scale.prep.make_shards import ShardsConfig, main, sample_key
+from vqvdm_scale.prep.make_shards import ShardsConfig, main
 from vqvdm_scale.prep.synthetic import make_synthetic_shards
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import math
 import warnings
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -126,3 +127,54 @@ def check_fingerprint(
             f"(from {manifest.get('tokenizer_path')!r}) but this run decodes with {tokenizer_fingerprint[:16]}...: "
             "re-run data_prep/encode_latents.py with this tokenizer, or pass the tokenizer the cache was made with"
         )
+
+
+def latent_manifest(
+    sidecars: Sequence[dict[str, Any]],
+    latent_shape: list[int],
+    codebook_size: int,
+    codebook_hash: str,
+    store: str,
+    extra: dict[str, Any],
+) -> dict[str, Any]:
+    """A cache's ``manifest.json`` from its shards' sidecars (counts, skip report, pooled statistics).
+
+    ``extra`` carries what the writer records about how the cache was made (tokenizer fingerprint and
+    path, clip geometry, classes, source, parameters).
+    """
+    positions = sum(int(s["stats"]["positions"]) for s in sidecars)
+    sums = [sum(v) for v in zip(*(s["stats"]["sum"] for s in sidecars), strict=True)]
+    sumsqs = [sum(v) for v in zip(*(s["stats"]["sumsq"] for s in sidecars), strict=True)]
+    mean, std = stats_from_sums(positions, sums, sumsqs)
+    skipped = [dict(s, shard=side["name"]) for side in sidecars for s in side["skipped"]]
+    num_samples = sum(int(s["count"]) for s in sidecars)
+    return {
+        **extra,
+        "format": LATENT_FORMAT,
+        "store": store,
+        "dtype": index_dtype(codebook_size) if store == "indices" else "float16",
+        "sample_shape": latent_shape[1:] if store == "indices" else latent_shape,
+        "latent_shape": latent_shape,
+        "codebook_size": codebook_size,
+        "codebook_sha256": codebook_hash,
+        "stats": {"positions": positions, "sum": sums, "sumsq": sumsqs, "mean": mean, "std": std},
+        "num_samples": num_samples,
+        "counts": {
+            "samples": num_samples,
+            "windows": num_samples,
+            "videos": sum(int(s["videos"]) for s in sidecars),
+            "skipped": len(skipped),
+            "skip_counts": dict(sorted(Counter(s["reason"] for s in skipped).items())),
+        },
+        "skipped": skipped,
+        "shards": [
+            {"name": s["name"], "count": s["count"], "sha256": s["sha256"], "source": s["source"]}
+            for s in sidecars
+            if s["count"]
+        ],
+    }
+
+
+def index_dtype(codebook_size: int) -> str:
+    """The numpy dtype code indices are stored in: int16 while K fits, else int32."""
+    return "int16" if codebook_size <= 2**15 else "int32"

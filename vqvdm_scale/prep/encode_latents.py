@@ -30,48 +30,51 @@ A corrupt member (undecodable video, bad json) or a short video is skipped with 
 
 from __future__ import annotations
 
-import hashlib
-import io
+import functools
 import json
 import os
 import posixpath
 import time
-from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import islice
 from typing import Any, Literal, Optional
 
-import numpy as np
 import torch
 import torch.distributed as dist
-import webdataset as wds
 from fsspec.core import url_to_fs
 from tqdm import tqdm
 
 from vqvdm_scale.config import ConfigError, to_dict
 from vqvdm_scale.config.text import plural
-from vqvdm_scale.data.pipeline import ErrorCounter, shard_sample_pipeline
+from vqvdm_scale.data.pipeline import shard_sample_pipeline
 from vqvdm_scale.data.urls import resolve_shards
 from vqvdm_scale.engine.env import barrier, get_rank, get_world_size, init_distributed, is_dist, pick_device
-from vqvdm_scale.formats.fs import read_manifest
-from vqvdm_scale.formats.latent_shards import LATENT_FORMAT, codebook_sha256, stats_from_sums
+from vqvdm_scale.formats.latent_shards import LATENT_FORMAT, codebook_sha256, latent_manifest
 from vqvdm_scale.formats.shard_io import (  # the same atomic writing as make_shards
     MANIFEST_NAME,
     HashingWriter,
-    finished_sidecar,
     join_url,
     publish_shard,
-    remove_tmps,
     tar_writer,
     tmp_name,
     write_json,
 )
 from vqvdm_scale.formats.tokenizer_export import load_tokenizer
+from vqvdm_scale.formats.video_shards import shard_entries
 from vqvdm_scale.models.tokenizer.vqgan import VQTokenizer
-from vqvdm_scale.prep.encode_windows import DecodePool, prepare_job, video_windows, window_starts
+from vqvdm_scale.prep.encode_windows import DecodePool, prepare_job
+from vqvdm_scale.prep.latent_writer import ErrorLog, ShardEncoder, chunks
+from vqvdm_scale.prep.runner import (
+    count_reasons,
+    finished,
+    plan_hash,
+    progress_bar,
+    remove_strays,
+    run_jobs,
+    split_finished,
+)
 
-__all__ = ["EncodeConfig", "encode_clips", "main", "output_names", "video_windows", "window_starts"]
+__all__ = ["EncodeConfig", "main", "output_names"]
 
 # Generous: a rank that finishes its shards waits at the barrier for the slowest rank.
 _BARRIER_TIMEOUT_S = 7 * 24 * 3600.0
@@ -116,15 +119,6 @@ class EncodeConfig:
 # --------------------------------------------------------------------------------------- clip windows
 
 
-@torch.no_grad()
-def encode_clips(model: VQTokenizer, clips: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Code indices ``[B, t, h, w]`` int64 and dequantised latents ``codes[indices]`` ``[B, D, t, h, w]`` fp32."""
-    device = next(model.parameters()).device
-    out = model.quantize(model.encode(clips.to(device)))
-    indices = out.indices
-    return indices.cpu(), model.quantizer.lookup(indices).float().cpu()
-
-
 # ---------------------------------------------------------------------------------------- shard plans
 
 
@@ -137,10 +131,6 @@ def output_names(urls: Sequence[str]) -> list[str]:
     return names
 
 
-def _sidecar_name(name: str) -> str:
-    return name.removesuffix(".tar") + ".json"
-
-
 @dataclass
 class _Task:
     index: int
@@ -150,22 +140,10 @@ class _Task:
     source_sha256: Optional[str]
     source_count: Optional[int]
 
-
-def _input_manifests(urls: Sequence[str]) -> tuple[dict[str, dict[str, Any]], list[str]]:
-    """Manifest shard entries of the input shards by URL, and the class list, where manifests exist."""
-    entries: dict[str, dict[str, Any]] = {}
-    classes: list[str] = []
-    for d in dict.fromkeys(posixpath.dirname(u) or "." for u in urls):
-        try:
-            manifest = read_manifest(d)
-        except (ValueError, OSError):
-            continue
-        if not classes and isinstance(manifest.get("classes"), list):
-            classes = [str(c) for c in manifest["classes"]]
-        for entry in manifest["shards"]:
-            if isinstance(entry, dict) and "name" in entry:
-                entries[join_url(d, str(entry["name"]))] = entry
-    return entries, classes
+    @property
+    def sidecar(self) -> str:
+        """Its sidecar's file name."""
+        return self.name.removesuffix(".tar") + ".json"
 
 
 def _plan_hash(cfg: EncodeConfig, fingerprint: str, source: str) -> str:
@@ -181,72 +159,7 @@ def _plan_hash(cfg: EncodeConfig, fingerprint: str, source: str) -> str:
         "batch_size": cfg.batch_size,
         "source": source,
     }
-    return hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _complete_sidecar(fs: Any, root: str, task: _Task) -> Optional[dict[str, Any]]:
-    """The sidecar of a finished latent shard made under this plan, or None when it must be (re)written."""
-    return finished_sidecar(
-        fs, root, task.name, _sidecar_name(task.name), lambda side: side.get("plan") == task.plan
-    )
-
-
-class _ErrorLog(ErrorCounter):
-    """ErrorCounter that also keeps each message, for the sidecar's skip report."""
-
-    def __init__(self, where: str) -> None:
-        super().__init__(where)
-        self.messages: list[str] = []
-
-    def __call__(self, exn: BaseException) -> bool:
-        """Record ``exn`` and continue."""
-        self.messages.append(f"{type(exn).__name__}: {exn}")
-        return super().__call__(exn)
-
-
-def _chunks(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
-    while chunk := list(islice(items, size)):
-        yield chunk
-
-
-class _ShardEncoder:
-    """Writes one latent shard: windows are buffered and encoded in fixed batches in stream order."""
-
-    def __init__(self, model: VQTokenizer, cfg: EncodeConfig, writer: wds.TarWriter, dim: int) -> None:
-        self.model, self.cfg, self.writer = model, cfg, writer
-        self.index_dtype = np.int16 if model.cfg.codebook_size <= np.iinfo(np.int16).max + 1 else np.int32
-        self.pending: list[tuple[str, torch.Tensor, dict[str, Any]]] = []
-        self.count = 0
-        self.positions = 0
-        self.sum = torch.zeros(dim, dtype=torch.float64)
-        self.sumsq = torch.zeros(dim, dtype=torch.float64)
-
-    def add(self, key: str, clip: torch.Tensor, meta: dict[str, Any]) -> None:
-        """Queue one window; encodes and writes when a batch is full."""
-        self.pending.append((key, clip, meta))
-        if len(self.pending) == self.cfg.batch_size:
-            self.flush()
-
-    def flush(self) -> None:
-        """Encode and write the queued windows (one encoder call)."""
-        if not self.pending:
-            return
-        indices, z = encode_clips(self.model, torch.stack([c for _, c, _ in self.pending]))
-        if self.cfg.store == "latents":
-            z = z.half()
-        for i, (key, _, meta) in enumerate(self.pending):
-            arr = indices[i].numpy().astype(self.index_dtype) if self.cfg.store == "indices" else z[i].numpy()
-            buf = io.BytesIO()
-            np.save(buf, arr, allow_pickle=False)
-            self.writer.write(
-                {"__key__": key, "npy": buf.getvalue(), "json": json.dumps(meta, sort_keys=True).encode()}
-            )
-        zd = z.double()  # statistics of exactly what the loader will read back
-        self.sum += zd.sum(dim=(0, 2, 3, 4))
-        self.sumsq += zd.square().sum(dim=(0, 2, 3, 4))
-        self.positions += z.shape[0] * z.shape[2] * z.shape[3] * z.shape[4]
-        self.count += len(self.pending)
-        self.pending = []
+    return plan_hash(plan)
 
 
 def _encode_shard(
@@ -261,7 +174,7 @@ def _encode_shard(
 ) -> dict[str, Any]:
     """Write one latent shard (tmp tar -> sidecar -> rename) from one input shard; returns the sidecar."""
     tmp = join_url(root, tmp_name(task.name))
-    errors = _ErrorLog(task.url)
+    errors = ErrorLog(task.url)
     skipped: list[dict[str, str]] = []
     videos = 0
     samples = shard_sample_pipeline([task.url], rank=0, world_size=1, shuffle_shards=False, handler=errors)
@@ -269,9 +182,9 @@ def _encode_shard(
     with fs.open(tmp, "wb") as raw:
         out = HashingWriter(raw)
         writer = tar_writer(out)
-        enc = _ShardEncoder(model, cfg, writer, model.cfg.latent_dim)
+        enc = ShardEncoder(model, writer, cfg.batch_size, cfg.store)
         # decode a bounded chunk of videos at a time (in order), so memory stays flat on big shards
-        for chunk in _chunks(jobs, max(1, 2 * cfg.workers)):
+        for chunk in chunks(jobs, max(1, 2 * cfg.workers)):
             results = pool.map(chunk) if pool is not None else [prepare_job(j) for j in chunk]
             for job, (status, payload) in zip(chunk, results, strict=True):
                 key = str(job[0].get("__key__"))
@@ -308,70 +221,16 @@ def _encode_shard(
         "bytes": out.size,
         "videos": videos,
         "skipped": skipped,
-        "skip_counts": dict(sorted(Counter(s["reason"] for s in skipped).items())),
+        "skip_counts": count_reasons(skipped),
         "stats": {"positions": enc.positions, "sum": enc.sum.tolist(), "sumsq": enc.sumsq.tolist()},
         "plan": task.plan,
         "rank": rank,  # who wrote it (informational; not part of the plan)
     }
-    publish_shard(fs, root, task.name, _sidecar_name(task.name), sidecar)
+    publish_shard(fs, root, task.name, task.sidecar, sidecar)
     return sidecar
 
 
 # ----------------------------------------------------------------------------------------------- main
-
-
-def _merge(
-    cfg: EncodeConfig,
-    sidecars: list[dict[str, Any]],
-    model: VQTokenizer,
-    fingerprint: str,
-    classes: list[str],
-) -> dict[str, Any]:
-    """The cache manifest from every shard's sidecar."""
-    tcfg = model.cfg
-    latent_shape = list(tcfg.latent_shape(cfg.frames, cfg.resolution, cfg.resolution))
-    positions = sum(int(s["stats"]["positions"]) for s in sidecars)
-    sums = [sum(v) for v in zip(*(s["stats"]["sum"] for s in sidecars), strict=True)]
-    sumsqs = [sum(v) for v in zip(*(s["stats"]["sumsq"] for s in sidecars), strict=True)]
-    mean, std = stats_from_sums(positions, sums, sumsqs)
-    skipped = [dict(s, shard=side["name"]) for side in sidecars for s in side["skipped"]]
-    index_dtype = "int16" if tcfg.codebook_size <= np.iinfo(np.int16).max + 1 else "int32"
-    num_samples = sum(int(s["count"]) for s in sidecars)
-    return {
-        "format": LATENT_FORMAT,
-        "fingerprint": fingerprint,
-        "tokenizer_path": cfg.tokenizer,
-        "store": cfg.store,
-        "dtype": index_dtype if cfg.store == "indices" else "float16",
-        "sample_shape": latent_shape[1:] if cfg.store == "indices" else latent_shape,
-        "latent_shape": latent_shape,
-        "codebook_size": tcfg.codebook_size,
-        "codebook_sha256": codebook_sha256(model.quantizer.codes()),
-        "stats": {"positions": positions, "sum": sums, "sumsq": sumsqs, "mean": mean, "std": std},
-        "num_samples": num_samples,
-        "counts": {
-            "samples": num_samples,
-            "windows": num_samples,
-            "videos": sum(int(s["videos"]) for s in sidecars),
-            "skipped": len(skipped),
-            "skip_counts": dict(sorted(Counter(s["reason"] for s in skipped).items())),
-        },
-        "skipped": skipped,
-        "shards": [
-            {"name": s["name"], "count": s["count"], "sha256": s["sha256"], "source": s["source"]}
-            for s in sidecars
-            if s["count"]
-        ],
-        "clip": {
-            "frames": cfg.frames,
-            "stride": cfg.stride,
-            "resolution": cfg.resolution,
-            "windows": cfg.windows,
-        },
-        "classes": classes,
-        "source": cfg.input,
-        "params": to_dict(cfg),
-    }
 
 
 def _write_manifest(
@@ -388,14 +247,33 @@ def _write_manifest(
     """Rank 0: check every shard is whole, merge the sidecars and write manifest.json."""
     ordered = []
     for task in tasks:
-        side = sidecars.get(task.index) or _complete_sidecar(fs, root, task)
+        side = sidecars.get(task.index) or finished(fs, root, task)
         if side is None:
             raise RuntimeError(
                 f"latent shard {task.name} (rank {task.index % world}) is missing or does not match its "
                 "sidecar after every rank finished; re-run the same command to redo it"
             )
         ordered.append(side)
-    manifest = _merge(cfg, ordered, model, fingerprint, classes)
+    manifest = latent_manifest(
+        ordered,
+        list(model.cfg.latent_shape(cfg.frames, cfg.resolution, cfg.resolution)),
+        model.cfg.codebook_size,
+        codebook_sha256(model.quantizer.codes()),
+        store=cfg.store,
+        extra={
+            "fingerprint": fingerprint,
+            "tokenizer_path": cfg.tokenizer,
+            "clip": {
+                "frames": cfg.frames,
+                "stride": cfg.stride,
+                "resolution": cfg.resolution,
+                "windows": cfg.windows,
+            },
+            "classes": classes,
+            "source": cfg.input,
+            "params": to_dict(cfg),
+        },
+    )
     write_json(fs, root, MANIFEST_NAME, manifest)
     reasons = ", ".join(f"{k}={v}" for k, v in manifest["counts"]["skip_counts"].items()) or "none"
     print(
@@ -449,7 +327,7 @@ def _run(cfg: EncodeConfig, rank: int, world: int) -> dict[str, Any]:
     except ValueError as e:
         raise ValueError(f"{e} (set --frames / --resolution accordingly)") from e
     urls = resolve_shards(cfg.input)
-    entries, classes = _input_manifests(urls)
+    entries, classes = shard_entries(urls)
     names = output_names(urls)
     tasks = []
     for i, (url, name) in enumerate(zip(urls, names, strict=True)):
@@ -473,35 +351,24 @@ def _run(cfg: EncodeConfig, rank: int, world: int) -> dict[str, Any]:
         fs.rm(join_url(root, MANIFEST_NAME))
 
     mine = [t for t in tasks if t.index % world == rank]
-    sidecars: dict[int, dict[str, Any]] = {}
-    todo: list[_Task] = []
-    for task in mine:
-        done = _complete_sidecar(fs, root, task)
-        if done is None:
-            todo.append(task)
-        else:
-            sidecars[task.index] = done
+    sidecars, todo = split_finished(fs, root, mine)
     known = [t.source_count for t in todo]
     total = sum(c for c in known if c is not None) if all(c is not None for c in known) else None
-    bar = tqdm(
-        total=total,
-        unit="video",
-        desc=f"encode_latents rank {rank}",
-        position=rank,
-        disable=not cfg.progress,
-        leave=True,
-    )
+    bar = progress_bar(total, f"encode_latents rank {rank}", cfg.progress, position=rank)
     pool: Optional[DecodePool] = None
     if cfg.workers > 1 and todo:
         pool = DecodePool(cfg.workers)
     try:
-        for task in todo:
-            sidecars[task.index] = _encode_shard(task, model, cfg, fs, root, pool, bar, rank)
+        write = functools.partial(
+            _encode_shard, model=model, cfg=cfg, fs=fs, root=root, pool=pool, bar=bar, rank=rank
+        )
+        for task, sidecar in run_jobs(todo, write):  # inline: the parallel part is the decode pool
+            sidecars[task.index] = sidecar
     finally:
         if pool is not None:
             pool.close()
         bar.close()
-    remove_tmps(fs, root, [n for t in mine for n in (t.name, _sidecar_name(t.name))])  # a killed run's strays
+    remove_strays(fs, root, mine)  # a killed run's temporaries
     written = [sidecars[t.index] for t in todo]
     encoded = sum(s["count"] for s in written)
     elapsed = time.time() - start

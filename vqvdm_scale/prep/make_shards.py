@@ -22,19 +22,15 @@ are removed and ``manifest.json`` is left as the skip report, listing each input
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
-import re
 import time
-from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Literal, Optional
 
 import fsspec
 import numpy as np
 from fsspec.core import url_to_fs
-from tqdm import tqdm
 
 from vqvdm_scale.config import ConfigError, UserError, to_dict
 from vqvdm_scale.config.text import plural
@@ -52,19 +48,24 @@ from vqvdm_scale.formats.shard_io import (  # MANIFEST_NAME, TAR_*: re-exported,
     TAR_MTIME,
     TAR_USER,
     HashingWriter,
-    finished_sidecar,
     join_url,
-    mp_context,
     publish_shard,
-    remove_tmps,
     tar_writer,
     tmp_name,
     write_json,
 )
+from vqvdm_scale.formats.video_shards import VIDEO_FORMAT, sample_key, shard_name
 from vqvdm_scale.prep.layouts import VIDEO_EXTENSIONS, VideoItem, list_items
+from vqvdm_scale.prep.runner import (
+    count_reasons,
+    plan_hash,
+    progress_bar,
+    remove_strays,
+    run_jobs,
+    split_finished,
+)
 
 __all__ = [
-    "FORMAT",
     "MANIFEST_NAME",
     "TAR_MTIME",
     "TAR_USER",
@@ -72,11 +73,8 @@ __all__ = [
     "SkipVideo",
     "main",
     "make_sample",
-    "sample_key",
-    "shard_name",
 ]
 
-FORMAT = "vqvdm-video-shards/1"
 # Parameters that change shard bytes; a shard written under different values is redone on a re-run.
 _PLAN_FIELDS = (
     "layout",
@@ -156,24 +154,15 @@ class _ShardTask:
     cfg: ShardsConfig
     plan: str
 
+    @property
+    def name(self) -> str:
+        """The shard's file name."""
+        return shard_name(self.index)
 
-def shard_name(index: int) -> str:
-    """File name of shard ``index``."""
-    return f"shard-{index:06d}.tar"
-
-
-def sample_key(index: int, rel: str) -> str:
-    """The sample's ``__key__``: global index + the relative source path with only [A-Za-z0-9_-] kept."""
-    return f"{index:08d}_{re.sub(r'[^A-Za-z0-9_-]', '_', rel)}"
-
-
-def _plan_hash(cfg: ShardsConfig) -> str:
-    plan = {name: getattr(cfg, name) for name in _PLAN_FIELDS}
-    return hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _sidecar_name(index: int) -> str:
-    return f"shard-{index:06d}.json"
+    @property
+    def sidecar(self) -> str:
+        """Its sidecar's file name."""
+        return f"shard-{self.index:06d}.json"
 
 
 def _load(item: VideoItem, cfg: ShardsConfig) -> DecodedVideo:
@@ -217,23 +206,11 @@ def make_sample(index: int, item: VideoItem, cfg: ShardsConfig) -> tuple[dict[st
     return sample, video.error
 
 
-def _complete_sidecar(fs: fsspec.AbstractFileSystem, root: str, task: _ShardTask) -> dict[str, Any] | None:
-    """The sidecar of a finished shard that matches this plan, or None when the shard must be (re)written."""
-    sources = [it.rel for it in task.items]
-    return finished_sidecar(
-        fs,
-        root,
-        shard_name(task.index),
-        _sidecar_name(task.index),
-        lambda side: side.get("plan") == task.plan and side.get("sources") == sources,
-    )
-
-
 def _write_shard(task: _ShardTask) -> dict[str, Any]:
     """Write one shard (tmp tar -> sidecar -> rename); runs in a worker process. Returns the sidecar."""
     cfg = task.cfg
     fs, root = url_to_fs(cfg.output)
-    name = shard_name(task.index)
+    name = task.name
     tmp = join_url(root, tmp_name(name))
     skipped: list[dict[str, str]] = []
     partial: list[dict[str, Any]] = []
@@ -271,7 +248,7 @@ def _write_shard(task: _ShardTask) -> dict[str, Any]:
         "sources": [it.rel for it in task.items],
         "plan": task.plan,
     }
-    publish_shard(fs, root, name, _sidecar_name(task.index), sidecar)
+    publish_shard(fs, root, name, task.sidecar, sidecar)
     return sidecar
 
 
@@ -283,7 +260,7 @@ def _is_memory(fs: fsspec.AbstractFileSystem) -> bool:
 def _remove_shards(fs: fsspec.AbstractFileSystem, root: str, tasks: list[_ShardTask]) -> None:
     """Delete the (empty) shards of ``tasks`` and their sidecars: a job that kept no video leaves no shard."""
     for task in tasks:
-        for name in (shard_name(task.index), _sidecar_name(task.index)):
+        for name in (task.name, task.sidecar):
             path = join_url(root, name)
             if fs.exists(path):
                 fs.rm(path)
@@ -303,39 +280,26 @@ def main(cfg: ShardsConfig) -> dict[str, Any]:
         )
     fs, root = url_to_fs(cfg.output)
     fs.makedirs(root, exist_ok=True)
-    plan = _plan_hash(cfg)
+    plan = plan_hash({name: getattr(cfg, name) for name in _PLAN_FIELDS})
     size = cfg.shard_size
     tasks = [
         _ShardTask(i, i * size, listing.items[i * size : (i + 1) * size], cfg, plan)
         for i in range((len(listing.items) + size - 1) // size)
     ]
-    sidecars: dict[int, dict[str, Any]] = {}
-    todo: list[_ShardTask] = []
-    for task in tasks:
-        done = _complete_sidecar(fs, root, task)
-        if done is None:
-            todo.append(task)
-        else:
-            sidecars[task.index] = done
-    workers = min(cfg.workers, len(todo))
-    if workers > 1 and _is_memory(fs):
+    sidecars, todo = split_finished(
+        fs, root, tasks, lambda task, side: side.get("sources") == [it.rel for it in task.items]
+    )
+    workers = cfg.workers
+    if workers > 1 and len(todo) > 1 and _is_memory(fs):
         print("make_shards: memory:// lives in one process; writing inline instead of with worker processes")
         workers = 0
-    bar = tqdm(total=len(listing.items), unit="video", desc="make_shards", disable=not cfg.progress)
+    bar = progress_bar(len(listing.items), "make_shards", cfg.progress)
     bar.update(sum(len(tasks[i].items) for i in sidecars))
-    if workers > 1:
-        with mp_context().Pool(workers) as pool:
-            for sidecar in pool.imap_unordered(_write_shard, todo):
-                index = int(sidecar["name"][len("shard-") : -len(".tar")])
-                sidecars[index] = sidecar
-                bar.update(len(tasks[index].items))
-    else:
-        for task in todo:
-            sidecars[task.index] = _write_shard(task)
-            bar.update(len(task.items))
+    for task, sidecar in run_jobs(todo, _write_shard, workers):
+        sidecars[task.index] = sidecar
+        bar.update(len(task.items))
     bar.close()
-    # stray temporaries of a killed run (the re-run above overwrote or finished them)
-    remove_tmps(fs, root, [name for t in tasks for name in (shard_name(t.index), _sidecar_name(t.index))])
+    remove_strays(fs, root, tasks)  # a killed run's temporaries (the re-run above redid their shards)
 
     ordered = [sidecars[t.index] for t in tasks]
     skipped = [
@@ -344,7 +308,7 @@ def main(cfg: ShardsConfig) -> dict[str, Any]:
         for s in side["skipped"]
     ]
     manifest: dict[str, Any] = {
-        "format": FORMAT,
+        "format": VIDEO_FORMAT,
         "num_samples": sum(s["count"] for s in ordered),
         "shards": [
             {"name": s["name"], "count": s["count"], "sha256": s["sha256"]} for s in ordered if s["count"]
@@ -352,7 +316,7 @@ def main(cfg: ShardsConfig) -> dict[str, Any]:
         "classes": listing.classes,
         "params": to_dict(cfg),
         "skipped": skipped,
-        "skip_counts": dict(sorted(Counter(s["reason"] for s in skipped).items())),
+        "skip_counts": count_reasons(skipped),
         "partial": [p for side in ordered for p in side["partial"]],
     }
     if manifest["num_samples"] == 0:

@@ -1,0 +1,113 @@
+"""The resumable job runner both offline jobs share (make_shards, encode_latents).
+
+A job writes one output shard plus a JSON sidecar, atomically (:mod:`vqvdm_scale.formats.shard_io`:
+tmp tar -> sidecar -> rename). A re-run of the same command keeps every shard whose sidecar matches
+the job's plan hash (everything that changes its bytes) and whose sha256 still checks out, and redoes
+the rest; the per-item skip report lives in the sidecars and is merged into the manifest.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Optional, Protocol, TypeVar
+
+import fsspec
+from tqdm import tqdm
+
+from vqvdm_scale.formats.shard_io import finished_sidecar, mp_context, remove_tmps
+
+__all__ = ["Job", "count_reasons", "plan_hash", "progress_bar", "remove_strays", "run_jobs", "split_finished"]
+
+
+class Job(Protocol):
+    """One output shard of an offline job."""
+
+    index: int
+    plan: str
+
+    @property
+    def name(self) -> str:
+        """The output shard's file name."""
+        ...
+
+    @property
+    def sidecar(self) -> str:
+        """Its sidecar's file name."""
+        ...
+
+
+J = TypeVar("J", bound=Job)
+
+
+def plan_hash(plan: Mapping[str, Any]) -> str:
+    """A short hash of everything that changes an output shard's bytes."""
+    return hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def count_reasons(skipped: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+    """Skipped items counted by their ``reason``, sorted by reason."""
+    return dict(sorted(Counter(str(s["reason"]) for s in skipped).items()))
+
+
+def finished(
+    fs: fsspec.AbstractFileSystem,
+    root: str,
+    job: Job,
+    same: Callable[[dict[str, Any]], bool] = lambda side: True,
+) -> Optional[dict[str, Any]]:
+    """The sidecar of ``job``'s whole shard written under its plan (and ``same``), or None to redo it."""
+    return finished_sidecar(
+        fs, root, job.name, job.sidecar, lambda side: side.get("plan") == job.plan and same(side)
+    )
+
+
+def split_finished(
+    fs: fsspec.AbstractFileSystem,
+    root: str,
+    jobs: Sequence[J],
+    same: Callable[[J, dict[str, Any]], bool] = lambda job, side: True,
+) -> tuple[dict[int, dict[str, Any]], list[J]]:
+    """(sidecars of the jobs already done by index, the jobs still to run), in job order."""
+    done: dict[int, dict[str, Any]] = {}
+    todo: list[J] = []
+    for job in jobs:
+        side = finished(fs, root, job, functools.partial(same, job))
+        if side is None:
+            todo.append(job)
+        else:
+            done[job.index] = side
+    return done, todo
+
+
+def _indexed(write: Callable[[J], dict[str, Any]], job: J) -> tuple[int, dict[str, Any]]:
+    return job.index, write(job)
+
+
+def run_jobs(
+    todo: Sequence[J], write: Callable[[J], dict[str, Any]], workers: int = 0
+) -> Iterator[tuple[J, dict[str, Any]]]:
+    """Run ``write`` on every job: inline, or on ``workers`` > 1 processes (as each finishes)."""
+    if workers > 1 and len(todo) > 1:
+        by_index = {job.index: job for job in todo}
+        with mp_context().Pool(min(workers, len(todo))) as pool:
+            for index, sidecar in pool.imap_unordered(functools.partial(_indexed, write), todo):
+                yield by_index[index], sidecar
+    else:
+        for job in todo:
+            yield job, write(job)
+
+
+def remove_strays(fs: fsspec.AbstractFileSystem, root: str, jobs: Iterable[Job]) -> None:
+    """Delete the temporaries a killed run left for ``jobs`` (their shards and sidecars)."""
+    remove_tmps(fs, root, [name for job in jobs for name in (job.name, job.sidecar)])
+
+
+def progress_bar(
+    total: Optional[int], desc: str, enabled: bool, unit: str = "video", position: int = 0
+) -> tqdm:
+    """The jobs' progress bar (off with progress=false)."""
+    return tqdm(total=total, unit=unit, desc=desc, disable=not enabled, position=position, leave=True)
