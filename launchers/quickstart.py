@@ -5,8 +5,8 @@ python launchers/quickstart.py out=/tmp/qs vqgan_steps=50 ldm_steps=50   # a fas
 An installed package (no checkout) runs the same with: python -m vqvdm_scale.quickstart [key=value ...]
 """
 
-from vqvdm_scale.config import parse_cli
+from vqvdm_scale.config.cli import run_cli
 from vqvdm_scale.quickstart import QuickstartConfig, main
 
 if __name__ == "__main__":
-    main(parse_cli(QuickstartConfig, description=__doc__))
+    run_cli(QuickstartConfig, main, description=__doc__)

@@ -26,7 +26,8 @@ from typing import Any
 
 import torch
 
-from vqvdm_scale.config import ConfigError, load_config, parse_cli
+from vqvdm_scale.config import ConfigError, load_config
+from vqvdm_scale.config.cli import run_cli
 from vqvdm_scale.config.shipped import shipped_config
 from vqvdm_scale.data import ClipLoaderConfig, build_clip_loader
 from vqvdm_scale.data.synthetic import write_synthetic_dataset
@@ -274,4 +275,4 @@ def _report(out: Path, s: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
-    main(parse_cli(QuickstartConfig, description=__doc__))
+    run_cli(QuickstartConfig, main, description=__doc__)

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import braceexpand
 from fsspec.core import url_to_fs
 
+from vqvdm_scale.config.core import UserError
 from vqvdm_scale.config.text import plural
 from vqvdm_scale.formats.fs import MANIFEST_NAME, SHARD_SPEC_FORMS, join_url, read_manifest
 
@@ -47,11 +48,11 @@ def _manifest_shards(dir_url: str) -> list[str]:
     urls: list[str] = []
     for entry in manifest["shards"]:
         if not isinstance(entry, dict) or "name" not in entry:
-            raise ValueError(f"{join_url(dir_url, MANIFEST_NAME)}: bad shard entry {entry!r}")
+            raise UserError(f"{join_url(dir_url, MANIFEST_NAME)}: bad shard entry {entry!r}")
         if int(entry.get("count", 1)) > 0:  # empty shards would only cost an open per epoch
             urls.append(join_url(dir_url, str(entry["name"])))
     if not urls:
-        raise ValueError(f"no shards found at {dir_url}: its {MANIFEST_NAME} lists no non-empty shard")
+        raise UserError(f"no shards found at {dir_url}: its {MANIFEST_NAME} lists no non-empty shard")
     return urls
 
 
@@ -74,7 +75,7 @@ def _check_exist(urls: list[str], spec: str) -> None:
     if missing:
         shown = ", ".join(missing[:3]) + (f" (and {len(missing) - 3} more)" if len(missing) > 3 else "")
         verb = "does" if len(missing) == 1 else "do"
-        raise ValueError(
+        raise UserError(
             f"{len(missing)} of {plural(len(urls), 'shard')} given by {spec!r} {verb} not exist: {shown}"
         )
 
@@ -91,7 +92,7 @@ def _resolve_one(spec: str) -> list[str]:
         if posixpath.basename(path) == MANIFEST_NAME:
             return _manifest_shards(posixpath.dirname(spec.rstrip("/")) or ".")
         return [spec]
-    raise ValueError(f"no shards found at {spec}: {SHARD_SPEC_FORMS}")
+    raise UserError(f"no shards found at {spec}: {SHARD_SPEC_FORMS}")
 
 
 def resolve_shards(spec: str | Sequence[str]) -> list[str]:
@@ -101,9 +102,9 @@ def resolve_shards(spec: str | Sequence[str]) -> list[str]:
     else:
         items = [s.strip() for s in spec if isinstance(s, str) and s.strip()]
         if len(items) != len(list(spec)):
-            raise ValueError(f"shard list {list(spec)!r} contains empty or non-string entries")
+            raise UserError(f"shard list {list(spec)!r} contains empty or non-string entries")
     if not items:
-        raise ValueError(f"no shards found at {spec!r}: {SHARD_SPEC_FORMS}")
+        raise UserError(f"no shards found at {spec!r}: {SHARD_SPEC_FORMS}")
     urls: list[str] = []
     for item in items:
         urls.extend(_resolve_one(item))

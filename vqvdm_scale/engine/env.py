@@ -1,7 +1,8 @@
 """Rank helpers that work with or without torch.distributed, and process-group start-up from env.
 
-Launchers set the environment (deepspeed's launcher, torchrun, submitit via
-:func:`vqvdm_scale.engine.slurm.export_slurm_env`): RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT.
+The launcher sets the environment: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT (deepspeed's
+launcher and torchrun do; a plain ``python`` run becomes a one-rank group). Slurm's own variables
+(srun, submitit) are not read yet.
 """
 
 from __future__ import annotations

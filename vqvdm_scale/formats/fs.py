@@ -7,6 +7,8 @@ from typing import IO, Any
 
 import fsspec
 
+from vqvdm_scale.config.core import UserError
+
 MANIFEST_NAME = "manifest.json"
 
 SHARD_SPEC_FORMS = "expected a directory with manifest.json, a brace pattern, or a list"
@@ -17,7 +19,7 @@ def open_url(url: str, mode: str = "rb") -> IO[Any]:
     try:
         return fsspec.open(url, mode).open()
     except ImportError as e:  # e.g. s3:// without s3fs installed
-        raise ValueError(f"cannot open {url}: {e}. Install the fsspec backend for this protocol") from e
+        raise UserError(f"cannot open {url}: {e}. Install the fsspec backend for this protocol") from e
 
 
 def join_url(dir_url: str, name: str) -> str:
@@ -32,9 +34,9 @@ def read_manifest(dir_url: str) -> dict[str, Any]:
         with open_url(url, "rb") as f:
             manifest = json.loads(f.read().decode("utf-8"))
     except FileNotFoundError as e:
-        raise ValueError(f"no {MANIFEST_NAME} at {dir_url}: {SHARD_SPEC_FORMS}") from e
+        raise UserError(f"no {MANIFEST_NAME} at {dir_url}: {SHARD_SPEC_FORMS}") from e
     except json.JSONDecodeError as e:
-        raise ValueError(f"{url} is not valid JSON ({e}); re-run the shard writer") from e
+        raise UserError(f"{url} is not valid JSON ({e}); re-run the shard writer") from e
     if not isinstance(manifest, dict) or not isinstance(manifest.get("shards"), list):
-        raise ValueError(f"{url} has no 'shards' list; it is not a shard manifest")
+        raise UserError(f"{url} has no 'shards' list; it is not a shard manifest")
     return manifest

@@ -17,6 +17,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from vqvdm_scale.config import from_dict, to_dict
+from vqvdm_scale.config.core import UserError
 from vqvdm_scale.diffusion import DiffusionConfig, GaussianDiffusion
 from vqvdm_scale.formats.latent_shards import LatentStats
 from vqvdm_scale.models.unet.config import UNetConfig
@@ -86,7 +87,7 @@ def load_ema(path: str | Path, device: torch.device | str = "cpu") -> SamplingMo
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
         if meta.get("format") != EMA_FORMAT:
-            raise ValueError(f"{path} is not an LDM EMA file (format {meta.get('format')!r})")
+            raise UserError(f"{path} is not an LDM EMA file (format {meta.get('format')!r})")
         tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no items()
     mcfg = from_dict(UNetConfig, json.loads(meta["model"]))
     dcfg = from_dict(DiffusionConfig, json.loads(meta["diffusion"]))

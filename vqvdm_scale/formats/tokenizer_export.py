@@ -16,7 +16,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from vqvdm_scale.config.core import from_dict, to_dict
+from vqvdm_scale.config.core import UserError, from_dict, to_dict
 from vqvdm_scale.models.tokenizer.config import TokenizerConfig
 from vqvdm_scale.models.tokenizer.vqgan import VQTokenizer
 
@@ -57,9 +57,7 @@ def _atomic_write_text(path: Path, text: str) -> None:
 def export_tokenizer(model: VQTokenizer, cfg: TokenizerConfig, path: str | Path) -> str:
     """Write ``path`` (safetensors) and ``<path>.json`` (config + fingerprint) atomically; return the fingerprint."""
     if to_dict(model.cfg) != to_dict(cfg):
-        raise ValueError(
-            "the config passed to export_tokenizer differs from the one the model was built with"
-        )
+        raise UserError("the config passed to export_tokenizer differs from the one the model was built with")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = _export_state(model)
@@ -83,9 +81,9 @@ def _read_metadata(path: Path) -> dict[str, str]:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
     except (SafetensorError, OSError) as e:
-        raise ValueError(f"{path} is not a readable safetensors tokenizer file: {e}") from e
+        raise UserError(f"{path} is not a readable safetensors tokenizer file: {e}") from e
     if meta.get("format") != EXPORT_FORMAT or "config" not in meta or "fingerprint" not in meta:
-        raise ValueError(
+        raise UserError(
             f"{path} is not a vqvdm tokenizer export (format {meta.get('format')!r}, expected {EXPORT_FORMAT!r})"
         )
     return meta
@@ -107,7 +105,7 @@ def load_tokenizer(
     # Hash the stored JSON text itself, so any edit of the config metadata is caught too.
     actual = fingerprint(meta["config"], tensors)
     if actual != meta["fingerprint"]:
-        raise ValueError(
+        raise UserError(
             f"{path}: fingerprint mismatch (recorded {meta['fingerprint'][:16]}..., contents hash to "
             f"{actual[:16]}...): the file is corrupt or was edited after export; re-export the tokenizer"
         )
@@ -116,7 +114,7 @@ def load_tokenizer(
     try:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as e:
-        raise ValueError(f"{path}: weights do not fit the recorded config: {e}") from e
+        raise UserError(f"{path}: weights do not fit the recorded config: {e}") from e
     return model.to(device).eval(), cfg, actual
 
 

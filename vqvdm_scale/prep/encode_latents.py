@@ -44,7 +44,7 @@ import torch.distributed as dist
 from fsspec.core import url_to_fs
 from tqdm import tqdm
 
-from vqvdm_scale.config import ConfigError, to_dict
+from vqvdm_scale.config import ConfigError, UserError, to_dict
 from vqvdm_scale.config.text import plural
 from vqvdm_scale.data.pipeline import shard_sample_pipeline
 from vqvdm_scale.data.urls import resolve_shards
@@ -325,7 +325,7 @@ def _run(cfg: EncodeConfig, rank: int, world: int) -> dict[str, Any]:
     try:
         tcfg.latent_shape(cfg.frames, cfg.resolution, cfg.resolution)
     except ValueError as e:
-        raise ValueError(f"{e} (set --frames / --resolution accordingly)") from e
+        raise UserError(f"{e} (set --frames / --resolution accordingly)") from e
     urls = resolve_shards(cfg.input)
     entries, classes = shard_entries(urls)
     names = output_names(urls)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from vqvdm_scale.config.core import UserError
 from vqvdm_scale.data.video_io import IMAGE_EXTENSIONS
 
 LayoutName = Literal["folder", "ucf101", "sky", "manifest"]
@@ -74,7 +75,7 @@ def _walk_files(root: Path, extensions: tuple[str, ...]) -> list[Path]:
 
 def _require_dir(root: Path, layout: str) -> None:
     if not root.is_dir():
-        raise ValueError(
+        raise UserError(
             f"--input {str(root)!r} is not a directory; the {layout!r} layout needs a dataset folder"
         )
 
@@ -106,7 +107,7 @@ def _find_class_ind(root: Path, split_file: Path | None) -> Path:
     for c in candidates:
         if c.is_file():
             return c
-    raise ValueError(
+    raise UserError(
         "ucf101 layout: classInd.txt not found; looked in "
         + ", ".join(str(c) for c in candidates)
         + ". Put the official ucfTrainTestlist files beside --split-file or in --input."
@@ -132,15 +133,15 @@ def ucf101_layout(
     _require_dir(base, "ucf101")
     split = Path(split_file).resolve() if split_file else None
     if split is not None and not split.is_file():
-        raise ValueError(f"--split-file {str(split)!r} does not exist")
+        raise UserError(f"--split-file {str(split)!r} does not exist")
     class_ind = _find_class_ind(base, split)
     classes: list[str] = []
     for n, line in enumerate(_read_lines(class_ind), 1):
         parts = line.split()
         if len(parts) != 2 or not parts[0].isdigit():
-            raise ValueError(f"{class_ind}:{n}: expected '<index> <ClassName>', got {line!r}")
+            raise UserError(f"{class_ind}:{n}: expected '<index> <ClassName>', got {line!r}")
         if int(parts[0]) != len(classes) + 1:
-            raise ValueError(f"{class_ind}:{n}: class indices must run 1, 2, 3, ...; got {parts[0]}")
+            raise UserError(f"{class_ind}:{n}: class indices must run 1, 2, 3, ...; got {parts[0]}")
         classes.append(parts[1])
     index = {name: i for i, name in enumerate(classes)}
     lower = {name.lower(): i for i, name in enumerate(classes)}
@@ -150,7 +151,7 @@ def ucf101_layout(
         # Case-insensitive: the official lists write HandstandPushups where files say HandStandPushups.
         label = index.get(folder, lower.get(folder.lower()))
         if label is None:
-            raise ValueError(f"{where}: class folder {folder!r} is not in {class_ind}")
+            raise UserError(f"{where}: class folder {folder!r} is not in {class_ind}")
         return label
 
     items: list[VideoItem] = []
@@ -167,7 +168,7 @@ def ucf101_layout(
             rel = parts[0].replace("\\", "/")
             label = label_of(rel, f"{split}:{n}")
             if len(parts) > 1 and int(parts[1]) - 1 != label:
-                raise ValueError(
+                raise UserError(
                     f"{split}:{n}: label {parts[1]} disagrees with classInd.txt ({label + 1} for {rel.split('/')[0]})"
                 )
             items.append(VideoItem(str(base / rel), label, classes[label], "file", rel))
@@ -193,14 +194,14 @@ def sky_layout(root: str | os.PathLike[str]) -> ItemList:
 
 def _parse_label(value: object) -> int | str:
     if isinstance(value, bool):
-        raise ValueError(f"label {value!r} is neither an integer nor a class name")
+        raise UserError(f"label {value!r} is neither an integer nor a class name")
     if isinstance(value, int):
         return value
     text = str(value).strip()
     if text.lstrip("-").isdigit():
         return int(text)
     if not text:
-        raise ValueError("empty label")
+        raise UserError("empty label")
     return text
 
 
@@ -212,7 +213,7 @@ def manifest_layout(path: str | os.PathLike[str]) -> ItemList:
     """
     file = Path(path).resolve()
     if not file.is_file():
-        raise ValueError(
+        raise UserError(
             f"--input {str(file)!r} is not a file; the 'manifest' layout needs a .csv or .jsonl file"
         )
     rows: list[tuple[str, int | str, str | None, str]] = []
@@ -222,22 +223,22 @@ def manifest_layout(path: str | os.PathLike[str]) -> ItemList:
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: not valid JSON ({e})") from e
+                raise UserError(f"{where}: not valid JSON ({e})") from e
             if not isinstance(rec, dict) or "path" not in rec or "label" not in rec:
-                raise ValueError(f'{where}: each line needs {{"path": ..., "label": ...}}')
+                raise UserError(f'{where}: each line needs {{"path": ..., "label": ...}}')
             rows.append((str(rec["path"]), _parse_label(rec["label"]), rec.get("class_name"), where))
     else:
         with open(file, newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f)
             if reader.fieldnames is None or not {"path", "label"} <= set(reader.fieldnames):
-                raise ValueError(f"{file}: the CSV needs a header line with columns path,label[,class_name]")
+                raise UserError(f"{file}: the CSV needs a header line with columns path,label[,class_name]")
             for n, rec in enumerate(reader, 2):
                 rows.append(
                     (rec["path"], _parse_label(rec["label"]), rec.get("class_name") or None, f"{file}:{n}")
                 )
     kinds = {type(label) for _, label, _, _ in rows}
     if len(kinds) > 1:
-        raise ValueError(f"{file}: labels mix integers and class names; use one or the other")
+        raise UserError(f"{file}: labels mix integers and class names; use one or the other")
     if kinds == {str}:
         classes = sorted({str(label) for _, label, _, _ in rows})
         index = {name: i for i, name in enumerate(classes)}
@@ -247,10 +248,10 @@ def manifest_layout(path: str | os.PathLike[str]) -> ItemList:
         for _, label, name, where in rows:
             assert isinstance(label, int)
             if label < 0:
-                raise ValueError(f"{where}: labels must be >= 0, got {label}")
+                raise UserError(f"{where}: labels must be >= 0, got {label}")
             if name is not None:
                 if names.get(label, name) != name:
-                    raise ValueError(f"{where}: label {label} is named both {names[label]!r} and {name!r}")
+                    raise UserError(f"{where}: label {label} is named both {names[label]!r} and {name!r}")
                 names[label] = str(name)
         num = max((int(label) for _, label, _, _ in rows), default=-1) + 1
         classes = [names.get(i, str(i)) for i in range(num)]
@@ -281,4 +282,4 @@ def list_items(
         return sky_layout(input_path)
     if layout == "manifest":
         return manifest_layout(input_path)
-    raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+    raise UserError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
