@@ -9,6 +9,7 @@ first sample instead of being thrown away; such timings are flagged with ``*`` i
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -28,6 +29,8 @@ from vqvdm_scale.monitor.meters import count_flops
 
 __all__ = [
     "Timing",
+    "add_common_args",
+    "config_names",
     "count_flops_meta",
     "fmt",
     "format_table",
@@ -43,6 +46,7 @@ __all__ = [
 
 # Marker line a worker subprocess prints before its JSON result (everything else it prints is passed on).
 _RESULT_TAG = "@@BENCH_RESULT@@ "
+_DIST_ENV = ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE")
 
 
 @dataclass
@@ -109,6 +113,27 @@ def time_call(
     return timing
 
 
+def add_common_args(parser: argparse.ArgumentParser, config: str, what: str = "measurement") -> None:
+    """The options every model benchmark takes: stage configs, overrides, repeats, warm-up, budget, threads."""
+    parser.add_argument(
+        "--config",
+        default=config,
+        help=f"comma list of stage configs, paths or shipped names (default {config}: paper scale)",
+    )
+    parser.add_argument("overrides", nargs="*", help="a.b=c overrides applied to every config")
+    parser.add_argument("--repeats", type=int, default=3, help=f"timed calls per {what} (median)")
+    parser.add_argument("--warmup", type=int, default=1, help=f"untimed warm-up calls per {what}")
+    parser.add_argument(
+        "--budget-s", type=float, default=240.0, help=f"stop repeating a {what} past this many seconds"
+    )
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+
+
+def config_names(arg: str) -> list[str]:
+    """The config names of a ``--config`` comma list."""
+    return [c.strip() for c in arg.split(",") if c.strip()]
+
+
 def count_flops_meta(build: Callable[[], Callable[[], Any]]) -> int:
     """FLOPs of the call that ``build()`` returns, with modules and tensors created on the meta device.
 
@@ -163,7 +188,7 @@ def machine_line(info: dict[str, Any] | None = None) -> str:
     m = machine_info() if info is None else info
     return (
         f"machine: {m['cpu']}, {m['logical_cpus']} logical CPUs, torch {m['torch']}, "
-        f"{m['threads']} intra-op threads, load avg {m['load_avg_1min']:.1f} (1 min), fp32 on CPU"
+        f"{m['threads']} intra-op threads, load avg {m['load_avg_1min']:.1f} (1 min), CPU"
     )
 
 
@@ -234,7 +259,9 @@ def run_worker(module: str, spec: dict[str, Any], extra_args: Sequence[str] = ()
     A fresh process per configuration keeps peak-memory readings (VmHWM) from mixing between configs.
     """
     cmd = [sys.executable, "-m", module, "--worker", json.dumps(spec), *extra_args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    # The worker starts its own one-rank process group: it must not reuse this process's rendezvous port.
+    env = {k: v for k, v in os.environ.items() if k not in _DIST_ENV}
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     if proc.returncode != 0:
         raise RuntimeError(
             f"benchmark worker {' '.join(cmd[:3])} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}"

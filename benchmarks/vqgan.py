@@ -28,17 +28,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import (
-    add_common_args,
-    config_names,
-    count_flops_meta,
-    fmt,
-    format_table,
-    machine_info,
-    machine_line,
-    set_threads,
-    time_call,
-)
+from benchmarks import common
 from benchmarks.steps import load_stage_config, vqgan_train_step
 from vqvdm_scale.formats.latent_shards import LatentStats
 from vqvdm_scale.formats.ldm_export import LatentSpec
@@ -97,7 +87,7 @@ def forward_flops_per_clip(model: VQTokenizer, clip: tuple[int, int, int]) -> in
     z = torch.randn(1, *latent)
     with torch.no_grad():
         q_flops = count_flops(lambda: quantizer(z))
-    return count_flops_meta(build_encoder) + q_flops + count_flops_meta(build_decoder)
+    return common.count_flops_meta(build_encoder) + q_flops + common.count_flops_meta(build_decoder)
 
 
 def bench_tokenizer(
@@ -112,7 +102,7 @@ def bench_tokenizer(
     flops = forward_flops_per_clip(step.engines["autoencoder"].module, clip)  # type: ignore[arg-type]
 
     before = step.snapshot()
-    train = time_call(step, repeats, warmup=warmup, budget_s=budget_s)
+    train = common.time_call(step, repeats, warmup=warmup, budget_s=budget_s)
     changed = step.changed_since(before)
 
     tok = VQTokenizer(cfg.model).eval()  # what load_tokenizer gives encode_latents.py and the sampler
@@ -126,7 +116,7 @@ def bench_tokenizer(
             _, z = encode_clips(tok, clips)
             decode_latents(tok, z, spec, quantize=True)
 
-    inference = time_call(infer, repeats, warmup=warmup, budget_s=budget_s)
+    inference = common.time_call(infer, repeats, warmup=warmup, budget_s=budget_s)
     infer_clips_s = b / inference.median
     return {
         "config": name,
@@ -153,15 +143,15 @@ def _row(r: dict[str, Any]) -> dict[str, str]:
     return {
         "config": r["config"],
         "clip TxHxW": "x".join(str(s) for s in r["clip"]),
-        "params (M)": fmt(r["params"] / 1e6),
-        "disc params (M)": fmt(r["disc_params"] / 1e6),
-        "GFLOPs/clip fwd": fmt(r["flops_fwd_per_clip"] / 1e9),
+        "params (M)": common.fmt(r["params"] / 1e6),
+        "disc params (M)": common.fmt(r["disc_params"] / 1e6),
+        "GFLOPs/clip fwd": common.fmt(r["flops_fwd_per_clip"] / 1e9),
         "batch": str(r["batch"]),
         "precision": f"{r['precision']}, ZeRO {r['zero_stage']}",
-        "train step (s)": fmt(r["train_step"]["median_s"]),
-        "train clips/s": fmt(r["train_clips_per_s"]),
-        "infer clips/s": fmt(r["infer_clips_per_s"]),
-        "infer GFLOP/s": fmt(r["infer_gflop_per_s"]),
+        "train step (s)": common.fmt(r["train_step"]["median_s"]),
+        "train clips/s": common.fmt(r["train_clips_per_s"]),
+        "infer clips/s": common.fmt(r["infer_clips_per_s"]),
+        "infer GFLOP/s": common.fmt(r["infer_gflop_per_s"]),
         "timings": r["timings_label"],
     }
 
@@ -169,23 +159,23 @@ def _row(r: dict[str, Any]) -> dict[str, str]:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the tokenizer benchmark, print a table and return the numbers."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_common_args(parser, "vqgan/vqvdm.yaml")
+    common.add_common_args(parser, "vqgan/vqvdm.yaml")
     parser.add_argument(
         "--batch", type=int, default=None, help="clips per step (default train.micro_batch_size)"
     )
     args = parser.parse_args(argv)
-    set_threads(args.threads)
+    common.set_threads(args.threads)
     if args.batch is not None and args.batch < 1:
         raise ValueError(f"--batch must be >= 1, got {args.batch}")
     # Load every config before spending minutes on the first (a typo fails at once).
     cfgs = {
         n: load_stage_config(VQGANRunConfig, n, [LPIPS_RANDOM, *args.overrides])
-        for n in config_names(args.config)
+        for n in common.config_names(args.config)
     }
 
-    info = machine_info()
+    info = common.machine_info()
     print("VQGAN tokenizer benchmark (stage 1)")
-    print(machine_line(info))
+    print(common.machine_line(info))
     print(
         "train step = run_updates(generator_step, discriminator_step) on build_engine engines with the config's "
         "train section (GAN on); infer = encode_clips + decode_latents, fp32"
@@ -201,7 +191,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             f"LPIPS weight {cfg.loss.perceptual_weight:g}, GAN weight {cfg.loss.gan_weight:g}, activation "
             f"checkpointing {'on' if cfg.model.checkpoint_activations else 'off'}"
         )
-    print(format_table(COLUMNS, [_row(r) for r in results.values()]))
+    print(common.format_table(COLUMNS, [_row(r) for r in results.values()]))
     print(
         f"median of the timed calls after {args.warmup} warm-up call(s); '*' = the warm-up call took > 30 s "
         "and is kept as the first sample (its one-time costs are < 1% of it)"

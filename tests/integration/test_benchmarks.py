@@ -1,7 +1,8 @@
 """Smoke tests of the model benchmarks (benchmarks.vqgan/ldm/sampling) and their timing helper.
 
-They check that each script runs end to end in a tiny mode and reports what it claims (columns, keys,
-parameter counts, the step-scaling arithmetic), not how fast anything is.
+They check that each script runs end to end on the tiny configs and reports what it claims (columns, keys,
+parameter counts, the step-scaling arithmetic), that a timed step is the trainer's micro-step (the
+weights held by the engines move, with the optimiser the config names), not how fast anything is.
 """
 
 from __future__ import annotations
@@ -11,9 +12,14 @@ import time
 import pytest
 import torch
 
-from benchmarks import common, ldm, sampling, vqgan
+from benchmarks import common, ldm, sampling, steps, vqgan
+from vqvdm_scale.config import ConfigError
 from vqvdm_scale.models.tokenizer import DiscriminatorConfig, Discriminators, VQTokenizer, tokenizer_preset
 from vqvdm_scale.models.unet.model import UNet3D
+from vqvdm_scale.train.ldm import LDMRunConfig
+from vqvdm_scale.train.vqgan import VQGANRunConfig
+
+TINY = ["--config", "vqgan/tiny.yaml", "--repeats", "1", "--warmup", "0", "--batch", "1"]
 
 
 def _n_params(module: torch.nn.Module) -> int:
@@ -55,24 +61,55 @@ def test_format_table_and_flops_on_meta() -> None:
 
 
 def test_vqgan_bench_tiny(capsys: pytest.CaptureFixture[str]) -> None:
-    out = vqgan.main(["--presets", "tiny", "--repeats", "1", "--warmup", "0", "--batch", "1"])
+    out = vqgan.main(TINY)
     text = capsys.readouterr().out
-    assert "machine:" in text and "LPIPS OFF" in text
+    assert "machine:" in text and "generator_step" in text and "autoencoder AdamW" in text
     for col in vqgan.COLUMNS:
         assert col in text
-    r = out["results"]["tiny"]
+    r = out["results"]["vqgan/tiny.yaml"]
     assert r["params"] == _n_params(VQTokenizer(tokenizer_preset("tiny")))
     assert r["disc_params"] == _n_params(Discriminators(DiscriminatorConfig(base_channels=16, num_layers=2)))
     assert r["clip"] == [16, 32, 32] and r["latent"] == [8, 4, 8, 8] and r["batch"] == 1
+    assert (r["precision"], r["zero_stage"]) == ("fp32", 2)  # tiny.yaml's train section
+    assert r["optimizers"] == {"autoencoder": "AdamW", "discriminator": "AdamW"}
+    # Both updates stepped their engine: the GAN is on at the step the benchmark hands the step functions.
+    assert r["weights_changed"] == {"autoencoder": True, "discriminator": True}
     assert r["flops_fwd_per_clip"] > 0 and r["train_step"]["median_s"] > 0 and r["infer_clips_per_s"] > 0
-    with pytest.raises(ValueError, match="unknown tokenizer preset"):
-        vqgan.main(["--presets", "nope"])
+    with pytest.raises(ConfigError, match="no shipped config"):
+        vqgan.main(["--config", "vqgan/nope.yaml"])
+
+
+def test_train_steps_use_the_configs_optimiser() -> None:
+    """The engines hold torch.optim.AdamW with the config's hyper-parameters, and a step moves every engine."""
+    cfg = steps.load_stage_config(VQGANRunConfig, "vqgan/tiny.yaml", ["train.optim.lr=0.002"])
+    step = steps.vqgan_train_step(cfg, batch=1)
+    for engine in step.engines.values():
+        opt = steps.torch_optimizer(engine)
+        assert type(opt) is torch.optim.AdamW
+        group = opt.param_groups[0]
+        assert tuple(group["betas"]) == tuple(cfg.train.optim.betas) == (0.5, 0.9)  # vqgan/base.yaml's betas
+        assert group["initial_lr"] == pytest.approx(0.002)
+    before = step.snapshot()
+    logs = step()
+    assert logs is not None and "psnr_batch" in logs  # the generator step function's scalars
+    assert step.changed_since(before) == {"autoencoder": True, "discriminator": True}
+
+    lcfg = steps.load_stage_config(
+        LDMRunConfig, "ldm/tiny.yaml", ["model.in_channels=8", "model.num_classes=4"]
+    )
+    lstep = steps.ldm_train_step(lcfg, [8, 4, 8, 8], batch=2)
+    assert type(steps.torch_optimizer(lstep.engines["unet"])) is torch.optim.AdamW
+    before = lstep.snapshot()
+    logs = lstep()
+    assert logs is not None and "loss" in logs  # diffusion_step's scalars
+    assert lstep.changed_since(before) == {"unet": True}
+    assert not lstep.changed_since(lstep.snapshot())["unet"]  # no step, no change: the check can fail
 
 
 def test_ldm_bench_tiny_in_fresh_processes(capsys: pytest.CaptureFixture[str]) -> None:
-    out = ldm.main(["--presets", "tiny", "--repeats", "1", "--warmup", "0", "--batch", "1"])
+    out = ldm.main(["--config", "ldm/tiny.yaml", "--repeats", "1", "--warmup", "0", "--batch", "1"])
     text = capsys.readouterr().out
-    assert "machine:" in text and "pixel/latent training step time" in text
+    assert "machine:" in text and "pixel/latent training step time" in text and "optimisers: AdamW" in text
     for col in ldm.COLUMNS:
         assert col in text
     latent, pixel = out["results"]
@@ -82,21 +119,24 @@ def test_ldm_bench_tiny_in_fresh_processes(capsys: pytest.CaptureFixture[str]) -
     )
     for r in (latent, pixel):
         assert r["isolated"] and r["batch"] == 1
-        assert r["params"] == _n_params(UNet3D(ldm.unet_config(r)))
+        assert r["optimizers"] == {"unet": "AdamW"} and r["weights_changed"] == {"unet": True}
+        cfg, _, _ = ldm.network(r)
+        assert r["params"] == _n_params(UNet3D(cfg.model))
         assert r["peak_rss_gib"] > 0 and r["flops_fb_per_sample"] > 0 and r["samples_per_s"] > 0
-    cmp = out["comparisons"]["tiny"]
+    cmp = out["comparisons"]["ldm/tiny.yaml"]
     assert cmp["step_time_ratio"] == pytest.approx(pixel["step"]["median_s"] / latent["step"]["median_s"])
     assert cmp["flop_ratio"] > 1  # 16x16x16 RGB pixels are a larger input than 8x4x8x8 latents
 
 
 def test_sampling_bench_tiny_scales_timed_steps(capsys: pytest.CaptureFixture[str]) -> None:
-    out = sampling.main(["--preset", "tiny", "--steps", "3", "--timed-steps", "1", "--repeats", "1"])
+    argv = ["--config", "ldm/tiny.yaml", "--steps", "3", "--timed-steps", "1", "--repeats", "1"]
+    out = sampling.main([*argv, "--guidance", "4"])
     text = capsys.readouterr().out
-    assert "machine:" in text and "(scaled)" in text and "35.26" in text
+    assert "machine:" in text and "(scaled)" in text and "35.26" in text and "generate_latents" in text
     for col in sampling.COLUMNS:
         assert col in text
     lat, pix = out["results"]["latent"], out["results"]["pixel"]
-    assert lat["timed_steps"] == 1 and lat["scaled"] and lat["video"] == [16, 32, 32]
+    assert lat["timed_steps"] == 1 and lat["scaled"] and lat["video"] == [16, 32, 32] and lat["guidance"] == 4
     assert lat["decode_s"] > 0 and lat["s_per_video"] == pytest.approx(
         3 * lat["s_per_step"] + lat["decode_s"]
     )
@@ -104,3 +144,5 @@ def test_sampling_bench_tiny_scales_timed_steps(capsys: pytest.CaptureFixture[st
     assert pix["s_per_video"] == pytest.approx(3 * pix["s_per_step"])
     assert out["ratio"] == pytest.approx(pix["s_per_video"] / lat["s_per_video"])
     assert out["paper_ratio"] == pytest.approx(35.26 / 3.95)
+    with pytest.raises(ValueError, match="single pass"):
+        sampling.main([*argv, "--guidance", "1"])
