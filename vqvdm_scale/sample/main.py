@@ -88,10 +88,11 @@ class SampleRunConfig:
 
 def main(cfg: SampleRunConfig) -> list[Path]:
     """Sample this rank's share of videos; return the mp4 paths it wrote."""
+    ema_path = cfg.ema_path()  # a wrong --run / --checkpoint is said before any process group starts
     init_distributed()
     rank, world = get_rank(), get_world_size()
     device = pick_device(cfg.device)
-    sm = load_ema(cfg.ema_path(), device)
+    sm = load_ema(ema_path, device)
     try:
         tokenizer, _, fingerprint = load_tokenizer(cfg.tokenizer, device)
     except (FileNotFoundError, ValueError) as e:  # a wrong --tokenizer file, said by load_tokenizer
