@@ -13,10 +13,11 @@ sidecar and a matching sha256, and redoes the others; :func:`remove_tmps` clears
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import multiprocessing as mp
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Optional
 
 import fsspec
@@ -35,6 +36,7 @@ __all__ = [
     "publish_shard",
     "remove_tmps",
     "sha256_of",
+    "shard_writer",
     "tar_writer",
     "tmp_name",
     "write_json",
@@ -68,6 +70,21 @@ class HashingWriter:
 def tar_writer(out: Any) -> wds.TarWriter:
     """A webdataset TarWriter on ``out`` with fixed member metadata and no encoding (samples are bytes)."""
     return wds.TarWriter(out, encoder=False, mtime=TAR_MTIME, user=TAR_USER, group=TAR_USER)
+
+
+@contextlib.contextmanager
+def shard_writer(
+    fs: fsspec.AbstractFileSystem, root: str, name: str
+) -> Iterator[tuple[wds.TarWriter, HashingWriter]]:
+    """A tar writer on ``root/name``'s temporary file, and the hashing stream under it (for sha256 and size).
+
+    Finish with :func:`publish_shard`, which writes the sidecar and renames the temporary to ``name``.
+    """
+    with fs.open(join_url(root, tmp_name(name)), "wb") as raw:
+        out = HashingWriter(raw)
+        writer = tar_writer(out)
+        yield writer, out
+        writer.close()
 
 
 def sha256_of(fs: fsspec.AbstractFileSystem, path: str) -> str:

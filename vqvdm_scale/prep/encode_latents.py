@@ -50,15 +50,7 @@ from vqvdm_scale.data.pipeline import shard_sample_pipeline
 from vqvdm_scale.data.urls import resolve_shards
 from vqvdm_scale.engine.env import barrier, get_rank, get_world_size, init_distributed, is_dist, pick_device
 from vqvdm_scale.formats.latent_shards import LATENT_FORMAT, codebook_sha256, latent_manifest
-from vqvdm_scale.formats.shard_io import (  # the same atomic writing as make_shards
-    MANIFEST_NAME,
-    HashingWriter,
-    join_url,
-    publish_shard,
-    tar_writer,
-    tmp_name,
-    write_json,
-)
+from vqvdm_scale.formats.shard_io import MANIFEST_NAME, join_url, publish_shard, shard_writer, write_json
 from vqvdm_scale.formats.tokenizer_export import load_tokenizer
 from vqvdm_scale.formats.video_shards import shard_entries
 from vqvdm_scale.models.tokenizer.vqgan import VQTokenizer
@@ -173,15 +165,12 @@ def _encode_shard(
     rank: int,
 ) -> dict[str, Any]:
     """Write one latent shard (tmp tar -> sidecar -> rename) from one input shard; returns the sidecar."""
-    tmp = join_url(root, tmp_name(task.name))
     errors = ErrorLog(task.url)
     skipped: list[dict[str, str]] = []
     videos = 0
     samples = shard_sample_pipeline([task.url], rank=0, world_size=1, shuffle_shards=False, handler=errors)
     jobs = ((s, cfg.frames, cfg.stride, cfg.resolution, cfg.num_windows) for s in samples)
-    with fs.open(tmp, "wb") as raw:
-        out = HashingWriter(raw)
-        writer = tar_writer(out)
+    with shard_writer(fs, root, task.name) as (writer, out):
         enc = ShardEncoder(model, writer, cfg.batch_size, cfg.store)
         # decode a bounded chunk of videos at a time (in order), so memory stays flat on big shards
         for chunk in chunks(jobs, max(1, 2 * cfg.workers)):
@@ -211,7 +200,6 @@ def _encode_shard(
                     enc.add(f"{key}_w{window:03d}", clip, info)
             del results
         enc.flush()
-        writer.close()
     skipped += [{"key": "", "reason": "tar_error", "detail": m} for m in errors.messages]
     sidecar = {
         "name": task.name,

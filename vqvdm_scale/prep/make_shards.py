@@ -43,17 +43,7 @@ from vqvdm_scale.data.video_io import (
     decode_video,
     encode_mp4,
 )
-from vqvdm_scale.formats.shard_io import (  # MANIFEST_NAME, TAR_*: re-exported, this module was their home
-    MANIFEST_NAME,
-    TAR_MTIME,
-    TAR_USER,
-    HashingWriter,
-    join_url,
-    publish_shard,
-    tar_writer,
-    tmp_name,
-    write_json,
-)
+from vqvdm_scale.formats.shard_io import MANIFEST_NAME, join_url, publish_shard, shard_writer, write_json
 from vqvdm_scale.formats.video_shards import VIDEO_FORMAT, sample_key, shard_name
 from vqvdm_scale.prep.layouts import VIDEO_EXTENSIONS, VideoItem, list_items
 from vqvdm_scale.prep.runner import (
@@ -66,9 +56,6 @@ from vqvdm_scale.prep.runner import (
 )
 
 __all__ = [
-    "MANIFEST_NAME",
-    "TAR_MTIME",
-    "TAR_USER",
     "ShardsConfig",
     "SkipVideo",
     "main",
@@ -211,13 +198,10 @@ def _write_shard(task: _ShardTask) -> dict[str, Any]:
     cfg = task.cfg
     fs, root = url_to_fs(cfg.output)
     name = task.name
-    tmp = join_url(root, tmp_name(name))
     skipped: list[dict[str, str]] = []
     partial: list[dict[str, Any]] = []
     count = 0
-    with fs.open(tmp, "wb") as raw:
-        out = HashingWriter(raw)
-        writer = tar_writer(out)
+    with shard_writer(fs, root, name) as (writer, out):
         for offset, item in enumerate(task.items):
             try:
                 sample, note = make_sample(task.first + offset, item, cfg)
@@ -237,7 +221,6 @@ def _write_shard(task: _ShardTask) -> dict[str, Any]:
                         "detail": note,
                     }
                 )
-        writer.close()
     sidecar = {
         "name": name,
         "count": count,
