@@ -130,7 +130,7 @@ def vqgan_train_step(cfg: VQGANRunConfig, batch: int | None) -> TrainStep:
     x = (torch.rand(train.micro_batch_size, *shape) * 2 - 1).to(train.dtype)
     updates = [
         Update("autoencoder", lambda b, ctx: generator_step(ae, disc, dn, loss, b, step, ctx)),
-        Update("discriminator", lambda b, ctx: discriminator_step(dn, loss, ctx, step)),
+        Update("discriminator", lambda b, ctx: discriminator_step(disc, dn, loss, ctx, step)),
     ]
     return TrainStep(updates, engines, x)
 

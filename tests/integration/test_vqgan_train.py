@@ -6,6 +6,7 @@ off (its VGG weights are not downloadable here) except in the missing-weights te
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -118,6 +119,19 @@ def test_resume_gives_the_same_losses_as_an_uninterrupted_run(shards: Path, tmp_
     assert len(first) == 2 and len(rest) == 2
     keys = ("loss", "recon", "vq", "d_loss", "g_gan")
     assert [[s[k] for k in keys] for s in first + rest] == [[s[k] for k in keys] for s in full]
+
+
+def test_bf16_run_trains_with_the_gan_on(shards: Path, tmp_path: Path) -> None:
+    """The GPU precision path on CPU: bf16 engines, the discriminator fed in its own dtype, losses finite."""
+    logs = run_on_ranks(
+        _train,
+        1,
+        timeout=300,
+        args=(_overrides(shards, tmp_path / "bf16", "train.max_steps=3", "train.precision=bf16"),),
+    )[0]
+    assert len(logs) == 3
+    assert all(math.isfinite(v) for row in logs for v in row.values())
+    assert "d_loss" in logs[-1] and "g_gan" in logs[-1]  # both updates ran (before the fix, bf16 raised here)
 
 
 def test_missing_lpips_weights_fail_with_a_clear_message(

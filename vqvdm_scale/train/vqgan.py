@@ -8,7 +8,6 @@ A finished run exports the tokenizer (safetensors + config + fingerprint) to ``<
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,6 +76,16 @@ class VQGANRunConfig:
         return Path(self.export) if self.export else Path(self.run.dir) / "tokenizer.safetensors"
 
 
+def _in_dtype_of(disc: nn.Module, forward: Callable[..., Any]) -> Callable[..., Any]:
+    """``forward`` with its tensor inputs cast to the discriminator's dtype (losses stay in fp32)."""
+    dtype = next(disc.parameters()).dtype
+
+    def call(*inputs: Optional[torch.Tensor]) -> Any:
+        return forward(*(None if t is None else t.to(dtype) for t in inputs))
+
+    return call
+
+
 def generator_step(
     autoencoder: Callable[..., Any],
     disc: nn.Module,
@@ -98,7 +107,7 @@ def generator_step(
     xf, recf = x.float(), x_rec.float().clone()
     disc.requires_grad_(False)  # the generator step must not leave grads in the disc engine
     try:
-        g_loss, logs = loss.generator_loss(xf, recf, qout, disc_forward, step, recf)
+        g_loss, logs = loss.generator_loss(xf, recf, qout, _in_dtype_of(disc, disc_forward), step, recf)
     finally:
         disc.requires_grad_(True)
     logs["psnr_batch"] = psnr(xf.detach(), recf.detach())
@@ -107,10 +116,10 @@ def generator_step(
 
 
 def discriminator_step(
-    disc_forward: Callable[..., Any], loss: VQGANLoss, ctx: dict[str, Any], step: int
+    disc: nn.Module, disc_forward: Callable[..., Any], loss: VQGANLoss, ctx: dict[str, Any], step: int
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Stage-1 discriminator step function on the generator step's detached reconstruction."""
-    return loss.discriminator_loss(ctx["x"], ctx["rec"].detach(), disc_forward, step)
+    return loss.discriminator_loss(ctx["x"], ctx["rec"].detach(), _in_dtype_of(disc, disc_forward), step)
 
 
 class VQGANTrainer(Trainer):
@@ -136,9 +145,9 @@ class VQGANTrainer(Trainer):
 
     def build_loader(self, state: dict[str, Any] | None) -> Any:
         """The clip loader of this rank, resumed from ``state``."""
-        data = dataclasses.replace(self.cfg.data, batch_size=self.cfg.train.micro_batch_size)
         return build_clip_loader(
-            data,
+            self.cfg.data,
+            batch_size=self.cfg.train.micro_batch_size,
             rank=self.rank,
             world_size=self.world_size,
             train=True,
@@ -170,7 +179,7 @@ class VQGANTrainer(Trainer):
     def _discriminator(
         self, batch: dict[str, Any], ctx: dict[str, Any]
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        return discriminator_step(self.engines["discriminator"], self.loss, ctx, self.step)
+        return discriminator_step(self.disc, self.engines["discriminator"], self.loss, ctx, self.step)
 
     @torch.no_grad()
     def media(self, step: int) -> None:
