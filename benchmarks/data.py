@@ -47,13 +47,12 @@ def loader_clips_per_s(
         train_shards=shards,
         frames=frames,
         resolution=resolution,
-        batch_size=batch_size,
         num_workers=workers,
         resampled=True,  # endless stream: the measurement is time-bound, not epoch-bound
         shuffle_buffer=16,
         short_videos="loop",
     )
-    it = iter(build_clip_loader(cfg, train=True))
+    it = iter(build_clip_loader(cfg, batch_size=batch_size, train=True))
     next(it)
     clips, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:

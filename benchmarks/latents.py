@@ -51,10 +51,8 @@ def latent_loader_rate(
     latents: str, fp: str, codebook: torch.Tensor, workers: int, batch: int, seconds: float
 ) -> float:
     """Samples/s the train-mode latent loader delivers (resampled: an endless stream)."""
-    cfg = LatentLoaderConfig(
-        train_latents=latents, batch_size=batch, num_workers=workers, resampled=True, shuffle_buffer=64
-    )
-    it = iter(build_latent_loader(cfg, tokenizer_fingerprint=fp, codebook=codebook))
+    cfg = LatentLoaderConfig(train_latents=latents, num_workers=workers, resampled=True, shuffle_buffer=64)
+    it = iter(build_latent_loader(cfg, batch_size=batch, tokenizer_fingerprint=fp, codebook=codebook))
     return _rate(lambda: len(next(it)["key"]), seconds)
 
 
@@ -191,12 +189,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
         lcfg = LatentLoaderConfig(
             train_latents=latents,
-            batch_size=args.batch_size,
             num_workers=1,
             resampled=True,
             shuffle_buffer=64,
         )
-        lat_loader = build_latent_loader(lcfg, tokenizer_fingerprint=fp, codebook=codebook)
+        lat_loader = build_latent_loader(
+            lcfg, batch_size=args.batch_size, tokenizer_fingerprint=fp, codebook=codebook
+        )
         cached = stage2_step_time(iter(lat_loader), lambda b: b["latent"], unet, args.steps)
         manifest = lat_loader.manifest
 
@@ -209,12 +208,13 @@ def main(argv: Sequence[str] | None = None) -> None:
             train_shards=str(videos),
             frames=args.frames,
             resolution=args.resolution,
-            batch_size=args.batch_size,
             num_workers=1,
             resampled=True,
             shuffle_buffer=16,
         )
-        fly = stage2_step_time(iter(build_clip_loader(ccfg)), encode_on_the_fly, unet, args.steps)
+        fly = stage2_step_time(
+            iter(build_clip_loader(ccfg, batch_size=args.batch_size)), encode_on_the_fly, unet, args.steps
+        )
         print(
             f"stage-2 step ({args.ldm_config}, batch {args.batch_size}): cached latents {cached * 1e3:.0f} ms, "
             f"decode+encode on the fly {fly * 1e3:.0f} ms -> on-the-fly / cached = {fly / cached:.2f}x"

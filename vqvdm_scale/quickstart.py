@@ -230,9 +230,9 @@ def _quality(
             eval_shards=str(shards),
             frames=16,
             resolution=32,
-            batch_size=64,
             num_workers=0,
         ),
+        batch_size=64,
         train=False,
     )
     batches = list(loader)  # one centred clip of every video, all classes

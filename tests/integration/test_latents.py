@@ -86,9 +86,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 def _loader_cfg(latents: str, **kw: Any) -> LatentLoaderConfig:
-    base: dict[str, Any] = dict(
-        train_latents=latents, batch_size=4, num_workers=0, shuffle_buffer=8, drop_last=False
-    )
+    base: dict[str, Any] = dict(train_latents=latents, num_workers=0, shuffle_buffer=8, drop_last=False)
     base.update(kw)
     return LatentLoaderConfig(**base)
 
@@ -132,7 +130,11 @@ def test_roundtrip_matches_tokenizer(data: dict[str, str]) -> None:
     assert manifest["num_samples"] == 2 * VIDEOS and manifest["clip"]["windows"] == "all"
     assert manifest["classes"] == ["000_square_right", "001_circle_down"]
     loader = build_latent_loader(
-        _loader_cfg(data["clean"]), tokenizer_fingerprint=fp, codebook=model.quantizer.codes(), train=False
+        _loader_cfg(data["clean"]),
+        batch_size=4,
+        tokenizer_fingerprint=fp,
+        codebook=model.quantizer.codes(),
+        train=False,
     )
     clips = _video_clips(data["videos"])
     seen = []
@@ -167,7 +169,9 @@ def test_stored_latents_and_n_windows(data: dict[str, str], tmp_path: Path) -> N
     arr = np.load(io.BytesIO(sample["npy"]), allow_pickle=False)
     assert arr.dtype == np.float16 and arr.shape == (8, 4, 8, 8)
     # codebook is not needed for stored latents
-    loader = build_latent_loader(_loader_cfg(str(out)), tokenizer_fingerprint=fp, codebook=None, train=False)
+    loader = build_latent_loader(
+        _loader_cfg(str(out)), batch_size=4, tokenizer_fingerprint=fp, codebook=None, train=False
+    )
     batch = next(iter(loader))
     z = LatentStats.from_manifest(manifest).denormalize(batch["latent"])
     codes = model.quantizer.codes()
@@ -243,14 +247,22 @@ def test_fingerprint_mismatch_is_refused(data: dict[str, str], tmp_path: Path) -
     other, _, _ = load_tokenizer(tmp_path / "other.safetensors")
     with pytest.raises(ValueError, match=r"re-run data_prep/encode_latents.py with this tokenizer"):
         build_latent_loader(
-            _loader_cfg(data["clean"]), tokenizer_fingerprint=other_fp, codebook=other.quantizer.codes()
+            _loader_cfg(data["clean"]),
+            batch_size=4,
+            tokenizer_fingerprint=other_fp,
+            codebook=other.quantizer.codes(),
         )
     with pytest.raises(ValueError, match="codebook passed differs"):
         build_latent_loader(
-            _loader_cfg(data["clean"]), tokenizer_fingerprint=data["fp"], codebook=other.quantizer.codes()
+            _loader_cfg(data["clean"]),
+            batch_size=4,
+            tokenizer_fingerprint=data["fp"],
+            codebook=other.quantizer.codes(),
         )
     with pytest.raises(ValueError, match="codebook=tokenizer.quantizer.codes"):
-        build_latent_loader(_loader_cfg(data["clean"]), tokenizer_fingerprint=data["fp"], codebook=None)
+        build_latent_loader(
+            _loader_cfg(data["clean"]), batch_size=4, tokenizer_fingerprint=data["fp"], codebook=None
+        )
 
 
 def test_corrupt_member_and_short_video_are_counted(data: dict[str, str], tmp_path: Path) -> None:
@@ -281,6 +293,7 @@ def test_loader_batches_normalisation_and_workers(data: dict[str, str]) -> None:
     model, _, fp = load_tokenizer(data["tok"])
     loader = build_latent_loader(
         _loader_cfg(data["clean"], num_workers=2, seed=3),
+        batch_size=4,
         tokenizer_fingerprint=fp,
         codebook=model.quantizer.codes(),
     )
@@ -305,8 +318,8 @@ def test_stage2_path_never_decodes_video(data: dict[str, str], monkeypatch: pyte
         from vqvdm_scale.data import LatentLoaderConfig, build_latent_loader
         from vqvdm_scale.formats.tokenizer_export import load_tokenizer
         model, _, fp = load_tokenizer({data["tok"]!r})
-        cfg = LatentLoaderConfig(train_latents={data["clean"]!r}, batch_size=4, num_workers=1, drop_last=False)
-        loader = build_latent_loader(cfg, tokenizer_fingerprint=fp, codebook=model.quantizer.codes())
+        cfg = LatentLoaderConfig(train_latents={data["clean"]!r}, num_workers=1, drop_last=False)
+        loader = build_latent_loader(cfg, batch_size=4, tokenizer_fingerprint=fp, codebook=model.quantizer.codes())
         n = sum(len(b["key"]) for b in loader.epoch_iter())
         assert n == {2 * VIDEOS}, n
         bad = [m for m in ("av", "vqvdm_scale.data.video_io", "vqvdm_scale.prep.make_shards") if m in sys.modules]
@@ -329,7 +342,7 @@ def test_stage2_path_never_decodes_video(data: dict[str, str], monkeypatch: pyte
     monkeypatch.setattr(clip_loader, "make_clip", boom)
     model, _, fp = load_tokenizer(data["tok"])
     loader = build_latent_loader(
-        _loader_cfg(data["clean"]), tokenizer_fingerprint=fp, codebook=model.quantizer.codes()
+        _loader_cfg(data["clean"]), batch_size=4, tokenizer_fingerprint=fp, codebook=model.quantizer.codes()
     )
     batches = list(loader.epoch_iter())
     assert sum(len(b["key"]) for b in batches) == 2 * VIDEOS and loader.stats["errors"] == 0

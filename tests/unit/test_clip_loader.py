@@ -11,7 +11,9 @@ import subprocess
 import sys
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import fsspec
 import numpy as np
@@ -21,7 +23,14 @@ import webdataset as wds
 
 from tests.helpers import run_on_ranks
 from vqvdm_scale.config import ConfigError
-from vqvdm_scale.data import ClipLoaderConfig, LoaderState, build_clip_loader, eval_windows, resolve_shards
+from vqvdm_scale.data import (
+    ClipLoaderConfig,
+    LoaderState,
+    ResumableLoader,
+    build_clip_loader,
+    eval_windows,
+    resolve_shards,
+)
 from vqvdm_scale.formats.fs import read_manifest
 
 H, W = 12, 16  # 4:3 frames; short side 12 is the crop size unless a test asks for a resize
@@ -92,21 +101,32 @@ def write_shards(
     return keys
 
 
-def cfg_for(shards: str, **kw: object) -> ClipLoaderConfig:
+@dataclass
+class BatchedConfig(ClipLoaderConfig):
+    """The loader config plus the batch size these tests build it with (trainers pass micro_batch_size)."""
+
+    batch_size: int = 3
+
+
+def build_loader(cfg: ClipLoaderConfig, **kw: Any) -> ResumableLoader:
+    """build_clip_loader with the test config's batch size."""
+    return build_clip_loader(cfg, batch_size=getattr(cfg, "batch_size", 3), **kw)
+
+
+def cfg_for(shards: str, **kw: object) -> BatchedConfig:
     base: dict[str, object] = dict(
         train_shards=shards,
         eval_shards=shards,
         frames=4,
         frame_stride=2,
         resolution=12,
-        batch_size=3,
         num_workers=0,
         shuffle_buffer=8,
         drop_last=False,
         seed=7,
     )
     base.update(kw)
-    return ClipLoaderConfig(**base)  # type: ignore[arg-type]
+    return BatchedConfig(**base)  # type: ignore[arg-type]
 
 
 def all_keys(batches: list[dict]) -> list[str]:
@@ -151,7 +171,7 @@ def test_memory_fs_shards_read_through_loader() -> None:
     keys = write_shards(root, [3, 4, 2, 3])
     assert resolve_shards(root) == [f"{root}/shard-{i:06d}.tar" for i in range(4)]
     for workers in (0, 2):  # forked workers see the parent's memory filesystem
-        loader = build_clip_loader(cfg_for(root, num_workers=workers), train=False)
+        loader = build_loader(cfg_for(root, num_workers=workers), train=False)
         got = all_keys(list(loader))
         assert sorted(got) == sorted(keys)
         assert loader.stats["errors"] == 0
@@ -162,7 +182,7 @@ def test_memory_fs_shards_read_through_loader() -> None:
 
 def test_batch_contents(tmp_path: Path) -> None:
     write_shards(str(tmp_path), [4, 4], num_frames=20)
-    loader = build_clip_loader(cfg_for(str(tmp_path), batch_size=4, drop_last=True), train=True)
+    loader = build_loader(cfg_for(str(tmp_path), batch_size=4, drop_last=True), train=True)
     batches = list(loader.epoch_iter())
     assert len(batches) == 2
     for b in batches:
@@ -184,7 +204,7 @@ def test_batch_contents(tmp_path: Path) -> None:
 
 def test_eval_is_centred_and_resize_keeps_shape(tmp_path: Path) -> None:
     write_shards(str(tmp_path), [3], num_frames=21)
-    loader = build_clip_loader(cfg_for(str(tmp_path), resolution=8), train=False)
+    loader = build_loader(cfg_for(str(tmp_path), resolution=8), train=False)
     (b,) = list(loader)
     assert b["video"].shape == (3, 3, 4, 8, 8)
     for i, key in enumerate(b["key"]):
@@ -199,10 +219,10 @@ def test_eval_is_centred_and_resize_keeps_shape(tmp_path: Path) -> None:
 
 def test_short_videos_skip_or_loop(tmp_path: Path) -> None:
     write_shards(str(tmp_path), [4], num_frames=[20, 5, 20, 3])  # span is 7 frames
-    skip = build_clip_loader(cfg_for(str(tmp_path)), train=False)
+    skip = build_loader(cfg_for(str(tmp_path)), train=False)
     assert sorted(all_keys(list(skip))) == ["00000000_class0_v0", "00000002_class2_v2"]
     assert skip.stats["skipped"] == 2 and skip.stats["errors"] == 0
-    loop = build_clip_loader(cfg_for(str(tmp_path), short_videos="loop"), train=False)
+    loop = build_loader(cfg_for(str(tmp_path), short_videos="loop"), train=False)
     batches = list(loop)
     assert len(all_keys(batches)) == 4
     i = batches[0]["key"].index("00000001_class1_v1")
@@ -212,7 +232,7 @@ def test_short_videos_skip_or_loop(tmp_path: Path) -> None:
 
 def test_wrong_listed_frame_count_falls_back_to_real_frames(tmp_path: Path) -> None:
     write_shards(str(tmp_path), [4], num_frames=9, listed_extra=30)  # json claims 39 frames, has 9
-    batches = list(build_clip_loader(cfg_for(str(tmp_path)), train=True).epoch_iter())
+    batches = list(build_loader(cfg_for(str(tmp_path)), train=True).epoch_iter())
     assert len(all_keys(batches)) == 4
     for b in batches:
         for i, key in enumerate(b["key"]):
@@ -245,7 +265,7 @@ def test_eval_windows() -> None:
 def _rank_keys(rank: int, world_size: int, shards: str) -> list[str]:
     # fork: the ranks are spawned processes whose default would spawn (and re-import torch in) each worker
     cfg = cfg_for(shards, num_workers=2, batch_size=2, worker_start_method="fork")
-    loader = build_clip_loader(cfg, rank=rank, world_size=world_size, train=True)
+    loader = build_loader(cfg, rank=rank, world_size=world_size, train=True)
     keys = all_keys(list(loader.epoch_iter()))
     assert loader.state.epoch == 1
     return keys
@@ -264,7 +284,7 @@ def test_two_ranks_two_workers_see_every_sample_once(tmp_path: Path) -> None:
 
 def test_dataset_pickles_for_spawned_workers(tmp_path: Path) -> None:
     write_shards(str(tmp_path), [2, 2])
-    loader = build_clip_loader(cfg_for(str(tmp_path)), train=True)  # iterated here, in this process
+    loader = build_loader(cfg_for(str(tmp_path)), train=True)  # iterated here, in this process
     dataset = pickle.loads(pickle.dumps(loader._dataloader().dataset))
     assert all_keys(list(iter(dataset))[:-1]) == all_keys(list(iter(loader._dataloader().dataset))[:-1])
 
@@ -273,9 +293,9 @@ def test_too_few_shards_raise_quickly(tmp_path: Path) -> None:
     write_shards(str(tmp_path), [2, 2, 2])
     t0 = time.monotonic()
     with pytest.raises(ValueError, match=r"3 shards cannot feed 2 ranks x 2 workers = 4 readers"):
-        build_clip_loader(cfg_for(str(tmp_path), num_workers=2), rank=0, world_size=2, train=True)
+        build_loader(cfg_for(str(tmp_path), num_workers=2), rank=0, world_size=2, train=True)
     assert time.monotonic() - t0 < 5
-    build_clip_loader(cfg_for(str(tmp_path), num_workers=2, resampled=True), rank=0, world_size=2)
+    build_loader(cfg_for(str(tmp_path), num_workers=2, resampled=True), rank=0, world_size=2)
 
 
 def test_corrupt_member_and_shard_are_skipped_and_counted(tmp_path: Path) -> None:
@@ -284,7 +304,7 @@ def test_corrupt_member_and_shard_are_skipped_and_counted(tmp_path: Path) -> Non
     bad.write_bytes(b"\x00garbage, not a tar" * 100)
     spec = f"{tmp_path},{bad}"
     for workers in (0, 2):
-        loader = build_clip_loader(cfg_for(spec, num_workers=workers, shuffle_buffer=0), train=True)
+        loader = build_loader(cfg_for(spec, num_workers=workers, shuffle_buffer=0), train=True)
         got = all_keys(list(loader.epoch_iter()))
         assert sorted(got) == sorted(k for i, k in enumerate(keys) if i not in (1, 7))
         assert loader.stats["errors"] == 3  # two bad npy members + one unreadable shard
@@ -296,7 +316,7 @@ def test_config_checks() -> None:
     with pytest.raises(ConfigError, match="frames"):
         ClipLoaderConfig(frames=0)
     with pytest.raises(ValueError, match="eval_shards is not set"):
-        build_clip_loader(ClipLoaderConfig(train_shards="x"), train=False)
+        build_loader(ClipLoaderConfig(train_shards="x"), train=False)
 
 
 # ------------------------------------------------------------------------------------------- resume
@@ -311,49 +331,49 @@ def test_resume_continues_exactly(tmp_path: Path, workers: int) -> None:
     # uneven shards: one worker runs dry before the other, which the resume must reproduce
     write_shards(str(tmp_path), [2, 5, 1, 4, 3, 2])
     cfg = cfg_for(str(tmp_path), num_workers=workers, batch_size=2, drop_last=True)
-    reference = build_clip_loader(cfg, train=True)
+    reference = build_loader(cfg, train=True)
     ref = _take(iter(reference), 14)  # 17 samples: 8 batches per epoch at most, so this crosses an epoch
     assert reference.state.epoch == 1
     for k in (1, 4, 7, 9):
-        first = build_clip_loader(cfg, train=True)
+        first = build_loader(cfg, train=True)
         head = _take(iter(first), k)
         state = LoaderState.from_dict(json.loads(json.dumps(first.state_dict())))
-        resumed = build_clip_loader(cfg, train=True, state=state)
+        resumed = build_loader(cfg, train=True, state=state)
         tail = _take(iter(resumed), len(ref) - k)
         assert all_keys(head + tail) == all_keys(ref)
         for a, b in zip(head + tail, ref, strict=True):
             assert torch.equal(a["video"], b["video"])  # same windows, crops and flips
     # exact continuation + an epoch without duplicates = nothing of the epoch is replayed on resume
-    epoch0 = all_keys(list(build_clip_loader(cfg, train=True).epoch_iter()))
+    epoch0 = all_keys(list(build_loader(cfg, train=True).epoch_iter()))
     assert len(epoch0) == len(set(epoch0)) >= 14 and all_keys(ref)[: len(epoch0)] == epoch0
 
 
 def test_resume_does_not_replay_within_epoch(tmp_path: Path) -> None:
     write_shards(str(tmp_path), [4, 4, 4, 4])
     cfg = cfg_for(str(tmp_path), num_workers=2, batch_size=2)
-    first = build_clip_loader(cfg, train=True)
+    first = build_loader(cfg, train=True)
     it = first.epoch_iter()
     head = all_keys(_take(it, 3))
     it.close()
-    resumed = build_clip_loader(cfg, train=True, state=first.state)
+    resumed = build_loader(cfg, train=True, state=first.state)
     rest = all_keys(list(resumed.epoch_iter()))
     assert not set(head) & set(rest)
-    assert sorted(head + rest) == sorted(all_keys(list(build_clip_loader(cfg).epoch_iter())))
+    assert sorted(head + rest) == sorted(all_keys(list(build_loader(cfg).epoch_iter())))
     # a different worker count cannot continue the epoch exactly: it moves to the next epoch instead
     with pytest.warns(UserWarning, match="layout changed"):
-        moved = build_clip_loader(cfg_for(str(tmp_path), num_workers=0), train=True, state=first.state)
+        moved = build_loader(cfg_for(str(tmp_path), num_workers=0), train=True, state=first.state)
     assert moved.state.epoch == 1 and moved.state.batches_consumed == 0
 
 
 def test_resampled_epochs_and_reseeded_resume(tmp_path: Path) -> None:
     write_shards(str(tmp_path), [3, 3, 3])
     cfg = cfg_for(str(tmp_path), resampled=True, epoch_samples=6, batch_size=2, num_workers=0)
-    loader = build_clip_loader(cfg, train=True)
+    loader = build_loader(cfg, train=True)
     it = iter(loader)
     head = _take(it, 4)
     assert loader.state.epoch == 1 and loader.state.batches_consumed == 1  # 3 batches per epoch
-    again = _take(iter(build_clip_loader(cfg, train=True)), 6)
-    resumed = build_clip_loader(cfg, train=True, state=loader.state)
+    again = _take(iter(build_loader(cfg, train=True)), 6)
+    resumed = build_loader(cfg, train=True, state=loader.state)
     tail = _take(iter(resumed), 2)
     assert all_keys(head) == all_keys(again[:4])  # deterministic from the seed
     assert resumed.state.reseed != 0
@@ -372,7 +392,7 @@ def test_reads_synthetic_mp4_shards(tmp_path: Path) -> None:
         out, num_classes=2, videos_per_class=3, num_frames=16, size=32, resolution=32, shard_size=2
     )
     assert len(resolve_shards(out)) == 3
-    cfg = ClipLoaderConfig(
+    cfg = BatchedConfig(
         train_shards=out,
         eval_shards=out,
         frames=8,
@@ -381,8 +401,8 @@ def test_reads_synthetic_mp4_shards(tmp_path: Path) -> None:
         num_workers=2,
         drop_last=False,
     )
-    batches = list(build_clip_loader(cfg, train=True).epoch_iter())
-    assert sorted(all_keys(batches)) == sorted(all_keys(list(build_clip_loader(cfg, train=False))))
+    batches = list(build_loader(cfg, train=True).epoch_iter())
+    assert sorted(all_keys(batches)) == sorted(all_keys(list(build_loader(cfg, train=False))))
     assert len(all_keys(batches)) == manifest["num_samples"] == 6
     for b in batches:
         assert b["video"].shape[1:] == (3, 8, 24, 24) and b["video"].abs().max() <= 1.0

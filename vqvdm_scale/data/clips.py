@@ -234,6 +234,7 @@ def make_clip(sample: dict[str, Any], spec: ClipDecode, rng: random.Random) -> d
 def build_clip_loader(
     cfg: ClipLoaderConfig,
     *,
+    batch_size: int,
     rank: int = 0,
     world_size: int = 1,
     train: bool = True,
@@ -269,6 +270,7 @@ def build_clip_loader(
         rank=rank,
         world_size=world_size,
         train=train,
+        batch_size=batch_size,
         num_workers=plan_workers(len(urls), world_size, cfg, train),
         state=state,
     )

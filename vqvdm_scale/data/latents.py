@@ -142,6 +142,7 @@ class LatentLoader(ResumableLoader):
 def build_latent_loader(
     cfg: LatentLoaderConfig,
     *,
+    batch_size: int,
     rank: int = 0,
     world_size: int = 1,
     tokenizer_fingerprint: Optional[str],
@@ -186,6 +187,7 @@ def build_latent_loader(
         rank=rank,
         world_size=world_size,
         train=train,
+        batch_size=batch_size,
         num_workers=plan_workers(len(urls), world_size, cfg, train),
         state=state,
         label="latents ",

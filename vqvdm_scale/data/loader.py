@@ -19,6 +19,7 @@ from typing import Any, Optional
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
+from vqvdm_scale.config.core import ConfigError
 from vqvdm_scale.data.pipeline import mix_seed
 from vqvdm_scale.data.reader import Batch, ReaderDataset, ReaderSpec, SampleDecode, StreamConfig
 
@@ -83,6 +84,7 @@ class ResumableLoader:
         urls: list[str],
         decode: SampleDecode,
         *,
+        batch_size: int,
         rank: int,
         world_size: int,
         train: bool,
@@ -98,8 +100,15 @@ class ResumableLoader:
         self.train = train
         self.num_workers = num_workers
         self.readers = max(1, num_workers)
+        if batch_size < 1:
+            raise ConfigError(f"batch size must be >= 1, got {batch_size}")
+        if cfg.epoch_samples is not None and cfg.epoch_samples < batch_size:
+            raise ConfigError(
+                f"data.epoch_samples={cfg.epoch_samples} is smaller than the batch size {batch_size}"
+            )
+        self.batch_size = batch_size
         self.epoch_batches: Optional[int] = (
-            cfg.epoch_samples // cfg.batch_size if (train and cfg.resampled and cfg.epoch_samples) else None
+            cfg.epoch_samples // batch_size if (train and cfg.resampled and cfg.epoch_samples) else None
         )
         self._state = self._adopt(state)
         self._errors = 0
@@ -184,7 +193,7 @@ class ResumableLoader:
             train=self.train,
             resampled=self.cfg.resampled and self.train,
             shuffle_buffer=self.cfg.shuffle_buffer,
-            batch_size=self.cfg.batch_size,
+            batch_size=self.batch_size,
             drop_last=self.cfg.drop_last and self.train,
             reseed=st.reseed,
             cursors=list(st.worker_cursors),
@@ -251,7 +260,7 @@ class ResumableLoader:
             raise ValueError(
                 f"rank {self.rank} got no clips from {len(self.urls)} shards ({self.urls[0]} ...): "
                 f"{stats['errors']} corrupt samples/shards, {stats['skipped']} videos shorter than "
-                f"{self.cfg.clip_span} frames, batch_size {self.cfg.batch_size}; check the shards, lower "
+                f"{self.cfg.clip_span} frames, batch size {self.batch_size}; check the shards, lower "
                 "data.frames/frame_stride, set data.short_videos=loop, or use data.drop_last=false"
             )
         self._end_epoch()

@@ -42,9 +42,11 @@ Batch = dict[str, Any]
 
 @dataclass
 class StreamConfig:
-    """How a loader reads its shards: shuffling, batching and workers (the options both loaders share)."""
+    """How a loader reads its shards: shuffling, workers, epochs (the options both loaders share).
 
-    batch_size: int = 8  # per rank
+    The batch size is not here: a loader is built with it (trainers pass ``train.micro_batch_size``).
+    """
+
     num_workers: int = 2
     resampled: bool = False  # True: infinite sampling of shards with replacement (open_clip style)
     shuffle_buffer: int = 256  # samples held for shuffling within a reader (train); 0/1 = off
@@ -58,23 +60,17 @@ class StreamConfig:
     worker_start_method: Optional[Literal["fork", "spawn", "forkserver"]] = None
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "prefetch_factor"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"data.{name} must be >= 1, got {getattr(self, name)}")
+        if self.prefetch_factor < 1:
+            raise ConfigError(f"data.prefetch_factor must be >= 1, got {self.prefetch_factor}")
         if self.num_workers < 0:
             raise ConfigError(f"data.num_workers must be >= 0, got {self.num_workers}")
         if self.shuffle_buffer < 0:
             raise ConfigError(f"data.shuffle_buffer must be >= 0, got {self.shuffle_buffer}")
-        if self.epoch_samples is not None:
-            if not self.resampled:
-                raise ConfigError(
-                    "data.epoch_samples only applies with data.resampled=true (a seeded-shuffle epoch is "
-                    "one pass over the shards); unset it or set data.resampled=true"
-                )
-            if self.epoch_samples < self.batch_size:
-                raise ConfigError(
-                    f"data.epoch_samples={self.epoch_samples} is smaller than data.batch_size={self.batch_size}"
-                )
+        if self.epoch_samples is not None and not self.resampled:
+            raise ConfigError(
+                "data.epoch_samples only applies with data.resampled=true (a seeded-shuffle epoch is "
+                "one pass over the shards); unset it or set data.resampled=true"
+            )
 
     @property
     def clip_span(self) -> int:

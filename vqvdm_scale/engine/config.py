@@ -44,7 +44,7 @@ class TrainConfig:
 
     Args:
         max_steps: optimiser steps to train for.
-        micro_batch_size: clips per rank per micro-step (data.batch_size must agree; it is set from this).
+        micro_batch_size: clips per rank per micro-step (the loader's batch size).
         grad_accum: micro-steps per optimiser step.
         precision: "fp32", "bf16" (autocast-free DeepSpeed bf16) or "fp16" (dynamic loss scale).
         zero_stage: DeepSpeed ZeRO stage 0-3.

@@ -130,9 +130,9 @@ class LDMTrainer(Trainer):
 
     def build_loader(self, state: dict[str, Any] | None) -> Any:
         """The latent loader of this rank (refuses a cache made by another tokenizer)."""
-        data = dataclasses.replace(self.cfg.data, batch_size=self.cfg.train.micro_batch_size)
         return build_latent_loader(
-            data,
+            self.cfg.data,
+            batch_size=self.cfg.train.micro_batch_size,
             rank=self.rank,
             world_size=self.world_size,
             tokenizer_fingerprint=self.fingerprint,
