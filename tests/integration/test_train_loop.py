@@ -6,6 +6,8 @@ deterministic in-memory stream, so the loop's own guarantees are tested without 
 
 from __future__ import annotations
 
+import os
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,10 @@ class ToyConfig:
     run: RunConfig = field(default_factory=RunConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     nan_at: int = -1  # micro-steps (0-based, counted per process) whose loss is made NaN; -1 = never
+    sigterm_at: int = (
+        -1
+    )  # the micro-step (0-based) at which rank sigterm_rank sends itself SIGTERM; -1 = never
+    sigterm_rank: int = 0
 
 
 class ToyLoader:
@@ -69,6 +75,8 @@ class ToyTrainer(Trainer):
         # Noise from the global RNG makes the test sensitive to RNG restore on resume.
         loss = ((self.engines["net"](x + 0.01 * torch.randn_like(x)) - x.flip(1)) ** 2).mean()
         self.calls += 1
+        if self.calls - 1 == self.cfg.sigterm_at and self.rank == self.cfg.sigterm_rank:
+            os.kill(os.getpid(), signal.SIGTERM)  # as Slurm does at preemption; only this rank gets it
         if self.cfg.nan_at >= 0 and self.calls - 1 >= self.cfg.nan_at:
             loss = loss * float("nan")
         else:
@@ -101,6 +109,16 @@ def test_two_rank_zero2_checkpoint_resume_equivalence(tmp_path: Path) -> None:
         args=(str(tmp_path / "part"), [*common, "train.max_steps=8", "run.stop_after=3"]),
     )
     rest = run_on_ranks(_run, 2, timeout=240, args=(str(tmp_path / "part"), [*common, "train.max_steps=8"]))
+    # SIGTERM on rank 1 alone during step 3: every rank finishes that step, checkpoints and leaves.
+    sig = [*common, "train.max_steps=8", "sigterm_at=2", "sigterm_rank=1"]
+    cut = run_on_ranks(_run, 2, timeout=240, args=(str(tmp_path / "sig"), sig))
+    assert (
+        latest_checkpoint(tmp_path / "sig" / "checkpoints")
+        == tmp_path / "sig" / "checkpoints" / "step_00000003"
+    )
+    after = run_on_ranks(_run, 2, timeout=240, args=(str(tmp_path / "sig"), [*common, "train.max_steps=8"]))
+    for r in range(2):
+        assert len(cut[r]) == 3 and cut[r] + after[r] == pytest.approx(full[r], abs=0, rel=0)
     for r in range(2):
         assert len(full[r]) == 8 and len(part[r]) == 3 and len(rest[r]) == 5
         # Resuming gives the same losses at every later step as the uninterrupted run (exactly, on CPU fp32).

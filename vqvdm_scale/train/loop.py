@@ -43,6 +43,7 @@ from vqvdm_scale.engine.protocol import Engine
 from vqvdm_scale.monitor.logger import Logger, make_logger
 from vqvdm_scale.monitor.meters import StepTimer, peak_memory_gib
 from vqvdm_scale.train.config import RunConfig
+from vqvdm_scale.train.signals import StopOnSignal
 
 
 class NonFiniteLossError(RuntimeError):
@@ -236,7 +237,6 @@ class Trainer(ABC):
         )
         batches = self._batches()
         timer = StepTimer()
-        flops_step: float | None = None  # counted once, on the first batch of this invocation
         stop_at = (
             max_steps
             if self.run_cfg.stop_after is None
@@ -249,6 +249,36 @@ class Trainer(ABC):
             desc=self.stage,
             dynamic_ncols=True,
         )
+        last_logs: dict[str, float] = {}
+        with StopOnSignal() as stop:
+            last_logs = self._train_until(stop_at, max_steps, batches, timer, bar, stop)
+        bar.close()
+        if stop.received is not None or self.step < max_steps:
+            why = f"{stop.received} received" if stop.received is not None else "run.stop_after"
+            print0(f"[{self.stage}] stopped at step {self.step} ({why}); re-run the same command to resume")
+            self.logger.close()
+            barrier()
+            return self.run_dir
+        print0(
+            f"[{self.stage}] done at step {self.step}; last losses: "
+            + ", ".join(f"{k}={v:.4f}" for k, v in list(last_logs.items())[:6])
+        )
+        self.finish()
+        self.logger.close()
+        barrier()
+        return self.run_dir
+
+    def _train_until(
+        self,
+        stop_at: int,
+        max_steps: int,
+        batches: Iterator[Any],
+        timer: StepTimer,
+        bar: tqdm,
+        stop: StopOnSignal,
+    ) -> dict[str, float]:
+        """Optimiser steps up to ``stop_at``, or to the first step boundary after a stop signal (checkpointed)."""
+        flops_step: float | None = None  # counted once, on the first batch of this invocation
         last_logs: dict[str, float] = {}
         while self.step < stop_at:
             done = 0
@@ -292,24 +322,14 @@ class Trainer(ABC):
             if self.run_cfg.media_every and self.step % self.run_cfg.media_every == 0:
                 with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
                     self.media(self.step)
-            if self.step % self.run_cfg.ckpt_every == 0 or self.step == stop_at:
+            stopping = any_rank_true(stop.received is not None)
+            if stopping and stop.received is None:
+                stop.received = "a stop signal on another rank"
+            if self.step % self.run_cfg.ckpt_every == 0 or self.step == stop_at or stopping:
                 self.save()
-        bar.close()
-        if self.step < max_steps:
-            print0(
-                f"[{self.stage}] stopped at step {self.step} (run.stop_after); re-run the same command to resume"
-            )
-            self.logger.close()
-            barrier()
-            return self.run_dir
-        print0(
-            f"[{self.stage}] done at step {self.step}; last losses: "
-            + ", ".join(f"{k}={v:.4f}" for k, v in list(last_logs.items())[:6])
-        )
-        self.finish()
-        self.logger.close()
-        barrier()
-        return self.run_dir
+            if stopping:
+                break
+        return last_logs
 
     def extra_scalars(self) -> dict[str, float]:
         """Extra scalars logged with every logging step (lr, for instance)."""
