@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 from vqvdm_scale.config.core import ConfigError
 from vqvdm_scale.data.loader import LoaderState, ResumableLoader
-from vqvdm_scale.data.reader import SkipSample, StreamConfig, plan_workers
+from vqvdm_scale.data.reader import SkipSample, StreamConfig
 from vqvdm_scale.data.urls import resolve_shards
 
 __all__ = [
@@ -264,13 +264,5 @@ def build_clip_loader(
         short_videos=cfg.short_videos,
     )
     return ResumableLoader(
-        cfg,
-        urls,
-        decode,
-        rank=rank,
-        world_size=world_size,
-        train=train,
-        batch_size=batch_size,
-        num_workers=plan_workers(len(urls), world_size, cfg, train),
-        state=state,
+        cfg, urls, decode, batch_size=batch_size, rank=rank, world_size=world_size, train=train, state=state
     )

@@ -39,7 +39,7 @@ from torch import Tensor
 
 from vqvdm_scale.config.core import ConfigError
 from vqvdm_scale.data.loader import LoaderState, ResumableLoader
-from vqvdm_scale.data.reader import StreamConfig, plan_workers
+from vqvdm_scale.data.reader import StreamConfig
 from vqvdm_scale.data.urls import resolve_shards
 from vqvdm_scale.formats.fs import read_manifest
 from vqvdm_scale.formats.latent_shards import (
@@ -137,6 +137,7 @@ class LatentLoader(ResumableLoader):
     """
 
     manifest: dict[str, Any]
+    label = "latents "
 
 
 def build_latent_loader(
@@ -180,17 +181,10 @@ def build_latent_loader(
                 "the codebook passed differs from the one the cache was encoded with; pass "
                 "tokenizer.quantizer.codes() (l2-normalised when the tokenizer normalises), not the raw buffer"
             )
+    decode = LatentDecode(manifest, codebook)
     loader = LatentLoader(
-        cfg,
-        urls,
-        LatentDecode(manifest, codebook),
-        rank=rank,
-        world_size=world_size,
-        train=train,
-        batch_size=batch_size,
-        num_workers=plan_workers(len(urls), world_size, cfg, train),
-        state=state,
-        label="latents ",
+        cfg, urls, decode, batch_size=batch_size, rank=rank, world_size=world_size, train=train, state=state
     )
+
     loader.manifest = manifest
     return loader

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from vqvdm_scale.config.core import ConfigError
 from vqvdm_scale.data.pipeline import mix_seed
-from vqvdm_scale.data.reader import Batch, ReaderDataset, ReaderSpec, SampleDecode, StreamConfig
+from vqvdm_scale.data.reader import Batch, ReaderDataset, ReaderSpec, SampleDecode, StreamConfig, plan_workers
 
 __all__ = ["LoaderState", "ResumableLoader"]
 
@@ -78,6 +78,8 @@ class ResumableLoader:
     counted in :attr:`stats` (as of each worker's latest batch or end of stream).
     """
 
+    label = ""  # names this loader's readers in error counts
+
     def __init__(
         self,
         cfg: StreamConfig,
@@ -88,18 +90,15 @@ class ResumableLoader:
         rank: int,
         world_size: int,
         train: bool,
-        num_workers: int,
         state: Optional[LoaderState],
-        label: str = "",
     ) -> None:
         self.cfg = cfg
         self.urls = urls
         self.decode = decode
-        self.label = label
         self.rank, self.world_size = rank, world_size
         self.train = train
-        self.num_workers = num_workers
-        self.readers = max(1, num_workers)
+        self.num_workers = plan_workers(len(urls), world_size, cfg, train)
+        self.readers = max(1, self.num_workers)
         if batch_size < 1:
             raise ConfigError(f"batch size must be >= 1, got {batch_size}")
         if cfg.epoch_samples is not None and cfg.epoch_samples < batch_size:
