@@ -64,6 +64,9 @@ class QuickstartConfig:
     vqgan_config: str = str(shipped_config("vqgan/tiny.yaml"))
     ldm_config: str = str(shipped_config("ldm/tiny.yaml"))
     progress: bool = True
+    # torch CPU threads (0 = torch's default). The figures are repeatable for one thread count and CPU:
+    # oneDNN's convolutions sum in an order that depends on the thread count and the instruction set.
+    threads: int = 0
 
     def __post_init__(self) -> None:
         if self.classes < 1 or self.classes > 8:
@@ -100,10 +103,20 @@ def _read_mp4s(paths: list[Path]) -> torch.Tensor:
 
 def main(cfg: QuickstartConfig) -> dict[str, Any]:
     """Run every stage; return (and write to ``<out>/summary.json``) what was measured."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     init_distributed()
     out = Path(cfg.out)
     timings: dict[str, float] = {}
-    summary: dict[str, Any] = {"out": str(out)}
+    summary: dict[str, Any] = {
+        "out": str(out),
+        # what the figures depend on besides the code (see QuickstartConfig.threads)
+        "machine": {
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        },
+    }
 
     t0 = _stage("1/5 synthetic videos -> WebDataset shards")
     raw = out / "raw"
@@ -269,6 +282,10 @@ def _report(out: Path, s: dict[str, Any]) -> None:
         "time per stage (s): "
         + ", ".join(f"{k[:-2]} {v}" for k, v in s["timings_s"].items())
         + f"; total {s['total_s']}"
+    )
+    m = s["machine"]
+    print0(
+        f"measured with torch {m['torch']}, {m['threads']} thread(s), CPU capability {m['cpu_capability']}"
     )
     print0(f"videos: {out / 'samples'} (mp4 per video, gif + png grid per batch)")
     print0(f"watch the runs: tensorboard --logdir {out}")

@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from vqvdm_scale.config.core import ConfigError
+from vqvdm_scale.config.text import plural
 from vqvdm_scale.data.pipeline import mix_seed
 from vqvdm_scale.data.reader import Batch, ReaderDataset, ReaderSpec, SampleDecode, StreamConfig, plan_workers
 
@@ -257,9 +258,9 @@ class ResumableLoader:
         if produced == 0 and fresh:
             stats = self.stats
             raise ValueError(
-                f"rank {self.rank} got no clips from {len(self.urls)} shards ({self.urls[0]} ...): "
-                f"{stats['errors']} corrupt samples/shards, {stats['skipped']} videos shorter than "
-                f"{self.cfg.clip_span} frames, batch size {self.batch_size}; check the shards, lower "
+                f"rank {self.rank} got no clips from {plural(len(self.urls), 'shard')} ({self.urls[0]} ...): "
+                f"{stats['errors']} corrupt samples/shards, {plural(stats['skipped'], 'video')} shorter than "
+                f"{plural(self.cfg.clip_span, 'frame')}, batch size {self.batch_size}; check the shards, lower "
                 "data.frames/frame_stride, set data.short_videos=loop, or use data.drop_last=false"
             )
         self._end_epoch()

@@ -100,7 +100,9 @@ class ReaderSpec:
         """(worker index, its error counter, its raw samples) for the DataLoader worker this runs in."""
         worker, num_workers = reader_identity(self.worker_offset)
         if num_workers != len(self.cursors):
-            raise RuntimeError(f"loader built for {len(self.cursors)} workers runs with {num_workers}")
+            raise RuntimeError(
+                f"loader built for {plural(len(self.cursors), 'worker')} runs with {num_workers}"
+            )
         counter = ErrorCounter(f"{label}rank {self.rank} worker {worker}")
         samples = shard_sample_pipeline(
             self.urls,

@@ -81,7 +81,8 @@ class LatentStats:
 
     def normalize(self, z: Tensor) -> Tensor:
         """``(z_q - mean) / std`` per channel, for ``[D, t, h, w]`` or ``[B, D, t, h, w]``."""
-        return (z - self._view(self.mean, z)) / self._view(self.std, z)
+        # times 1/std, not / std: the two differ in the last bit, and caches were always read this way
+        return (z - self._view(self.mean, z)) * self._view(1.0 / self.std, z)
 
     def denormalize(self, z: Tensor) -> Tensor:
         """``z * std + mean`` per channel: the tokenizer's quantised latent z_q, ready for decoding."""
