@@ -129,8 +129,8 @@ def vqgan_train_step(cfg: VQGANRunConfig, batch: int | None) -> TrainStep:
     # Clips in [-1, 1] as the loader delivers them, cast to the engine's dtype as the trainer casts them.
     x = (torch.rand(train.micro_batch_size, *shape) * 2 - 1).to(train.dtype)
     updates = [
-        Update("autoencoder", lambda b, ctx: generator_step(ae, disc, dn, loss, b, step, ctx)),
-        Update("discriminator", lambda b, ctx: discriminator_step(disc, dn, loss, ctx, step)),
+        Update("autoencoder", lambda b, ctx: generator_step(ae, dn, loss, b, step, ctx)),
+        Update("discriminator", lambda b, ctx: discriminator_step(dn, loss, ctx, step)),
     ]
     return TrainStep(updates, engines, x)
 

@@ -20,22 +20,13 @@ import pytest
 import yaml
 
 from tests.conftest import REPO
+from tests.integration.test_quickstart import TINY_RUN
 from vqvdm_scale.config.shipped import shipped_configs
 
 # Built from a copy of the working tree: an in-place build would write build/ and *.egg-info into the
 # checkout that other processes are using. Environments, caches and run outputs are not part of a build.
 _NOT_SOURCE = {".venv", ".git", "runs", "build", "dist", "quickstart_out", ".whl", ".gl"}  # and *_cache
-_STEPS = [  # tests/integration/test_quickstart.py's reduced run
-    "vqgan_steps=3",
-    "ldm_steps=3",
-    "sample_steps=2",
-    "videos_per_class=4",
-    "classes=2",
-    "videos_per_class_sampled=1",
-    "long_clips=3",
-    "long_overlap=1",
-    "progress=false",
-]
+_STEPS = TINY_RUN
 
 
 def _ignore(folder: str, names: list[str]) -> set[str]:

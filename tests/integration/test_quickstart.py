@@ -19,25 +19,22 @@ from vqvdm_scale.config.shipped import shipped_config
 from vqvdm_scale.quickstart import QuickstartConfig, main
 from vqvdm_scale.sample.main import SampleRunConfig
 
+# The reduced run every quickstart test uses (test_install runs it from a wheel).
+TINY_RUN = [
+    "vqgan_steps=3",
+    "ldm_steps=3",
+    "sample_steps=2",
+    "videos_per_class=4",
+    "classes=2",
+    "videos_per_class_sampled=1",
+    "long_clips=3",
+    "long_overlap=1",
+    "progress=false",
+]
+
 
 def _quickstart(rank: int, world: int, out: str) -> dict:
-    cfg = load_config(
-        QuickstartConfig,
-        None,
-        [
-            f"out={out}",
-            "vqgan_steps=3",
-            "ldm_steps=3",
-            "sample_steps=2",
-            "videos_per_class=4",
-            "classes=2",
-            "videos_per_class_sampled=1",
-            "long_clips=3",
-            "long_overlap=1",
-            "progress=false",
-        ],
-    )
-    return main(cfg)
+    return main(load_config(QuickstartConfig, None, [f"out={out}", *TINY_RUN]))
 
 
 def _frames(path: Path) -> tuple[int, int, int]:

@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
-from torch import nn
 
 from vqvdm_scale.config.core import ConfigError, presets
 from vqvdm_scale.data import ClipLoaderConfig, LoaderState, build_clip_loader
 from vqvdm_scale.engine.config import TrainConfig
 from vqvdm_scale.engine.deepspeed_engine import build_engine
 from vqvdm_scale.engine.env import barrier, is_main, print0
+from vqvdm_scale.engine.protocol import Engine
 from vqvdm_scale.formats.tokenizer_export import export_tokenizer
 from vqvdm_scale.losses.vqgan_loss import VQGANLoss, VQGANLossConfig
 from vqvdm_scale.metrics.recon import psnr, ssim
@@ -76,20 +76,19 @@ class VQGANRunConfig:
         return Path(self.export) if self.export else Path(self.run.dir) / "tokenizer.safetensors"
 
 
-def _in_dtype_of(disc: nn.Module, forward: Callable[..., Any]) -> Callable[..., Any]:
-    """``forward`` with its tensor inputs cast to the discriminator's dtype (losses stay in fp32)."""
-    dtype = next(disc.parameters()).dtype
+def _in_own_dtype(disc: Engine) -> Callable[..., Any]:
+    """The discriminator's forward with its tensor inputs cast to its dtype (bf16 runs; losses stay fp32)."""
+    dtype = next(disc.module.parameters()).dtype
 
     def call(*inputs: Optional[torch.Tensor]) -> Any:
-        return forward(*(None if t is None else t.to(dtype) for t in inputs))
+        return disc(*(None if t is None else t.to(dtype) for t in inputs))
 
     return call
 
 
 def generator_step(
-    autoencoder: Callable[..., Any],
-    disc: nn.Module,
-    disc_forward: Callable[..., Any],
+    autoencoder: Engine,
+    disc: Engine,
     loss: VQGANLoss,
     x: torch.Tensor,
     step: int,
@@ -105,21 +104,21 @@ def generator_step(
     # to detect its own backward, so an autograd.grad reaching them would run a gradient reduction
     # mid-step. The output is one linear map away from that weight, so the ratio keeps its role.
     xf, recf = x.float(), x_rec.float().clone()
-    disc.requires_grad_(False)  # the generator step must not leave grads in the disc engine
+    disc.module.requires_grad_(False)  # the generator step must not leave grads in the disc engine
     try:
-        g_loss, logs = loss.generator_loss(xf, recf, qout, _in_dtype_of(disc, disc_forward), step, recf)
+        g_loss, logs = loss.generator_loss(xf, recf, qout, _in_own_dtype(disc), step, recf)
     finally:
-        disc.requires_grad_(True)
+        disc.module.requires_grad_(True)
     logs["psnr_batch"] = psnr(xf.detach(), recf.detach())
     ctx["x"], ctx["rec"] = xf, recf
     return g_loss, logs
 
 
 def discriminator_step(
-    disc: nn.Module, disc_forward: Callable[..., Any], loss: VQGANLoss, ctx: dict[str, Any], step: int
+    disc: Engine, loss: VQGANLoss, ctx: dict[str, Any], step: int
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Stage-1 discriminator step function on the generator step's detached reconstruction."""
-    return loss.discriminator_loss(ctx["x"], ctx["rec"].detach(), _in_dtype_of(disc, disc_forward), step)
+    return loss.discriminator_loss(ctx["x"], ctx["rec"].detach(), _in_own_dtype(disc), step)
 
 
 class VQGANTrainer(Trainer):
@@ -167,19 +166,13 @@ class VQGANTrainer(Trainer):
         if self.heldout is None:
             self.heldout = x[: self.cfg.eval_clips].detach().clone()
         return generator_step(
-            self.engines["autoencoder"],
-            self.disc,
-            self.engines["discriminator"],
-            self.loss,
-            x,
-            self.step,
-            ctx,
+            self.engines["autoencoder"], self.engines["discriminator"], self.loss, x, self.step, ctx
         )
 
     def _discriminator(
         self, batch: dict[str, Any], ctx: dict[str, Any]
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        return discriminator_step(self.disc, self.engines["discriminator"], self.loss, ctx, self.step)
+        return discriminator_step(self.engines["discriminator"], self.loss, ctx, self.step)
 
     @torch.no_grad()
     def media(self, step: int) -> None:
