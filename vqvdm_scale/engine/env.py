@@ -1,8 +1,8 @@
 """Rank helpers that work with or without torch.distributed, and process-group start-up from env.
 
-The launcher sets the environment: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT (deepspeed's
-launcher and torchrun do; a plain ``python`` run becomes a one-rank group). Slurm's own variables
-(srun, submitit) are not read yet.
+Every launcher works: torchrun and deepspeed set RANK, WORLD_SIZE, LOCAL_RANK and MASTER_ADDR/PORT;
+under Slurm (submitit, a straight ``srun``) :mod:`vqvdm_scale.engine.cluster` maps SLURM_PROCID,
+SLURM_NTASKS, SLURM_LOCALID and the node list to them; a plain ``python`` run is a one-rank group.
 """
 
 from __future__ import annotations
@@ -10,11 +10,17 @@ from __future__ import annotations
 import datetime
 import os
 import random
+import socket
+import sys
+import threading
+import time
 from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.distributed as dist
+
+from vqvdm_scale.engine.cluster import Launch, export_torch_env
 
 Backend = Literal["auto", "nccl", "gloo"]
 
@@ -67,12 +73,15 @@ def pick_device(device: str = "auto") -> torch.device:
 
 
 def init_distributed(backend: Backend = "auto", timeout_s: float = 1800.0) -> tuple[int, int]:
-    """Start the process group when the launcher asked for more than one rank; return (rank, world)."""
+    """Start the process group of whatever launcher started this process; return (rank, world).
+
+    ``timeout_s`` bounds every collective until :func:`set_collective_timeout` shortens it (start-up
+    may wait minutes for a JIT op build on another rank; a step should not).
+    """
+    launch = export_torch_env()
     world = int(os.environ.get("WORLD_SIZE", 1))
     if world == 1 and "MASTER_PORT" not in os.environ:
         # A plain `python script.py` run: a one-rank group on a free port, so DeepSpeed finds it up.
-        import socket
-
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
@@ -87,7 +96,48 @@ def init_distributed(backend: Backend = "auto", timeout_s: float = 1800.0) -> tu
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", "29500")
         dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
+        if get_world_size() > 1:
+            watch_parent(launch)
     return get_rank(), get_world_size()
+
+
+def describe_rank(device: torch.device) -> str:
+    """One line per rank for the start of a job: host, rank, local rank, world size, device, launcher."""
+    launch = export_torch_env()
+    job = f", slurm job {launch.job_id}" if launch.job_id else ""
+    return (
+        f"rank {get_rank()}/{get_world_size()} on {socket.gethostname()}: local rank {get_local_rank()}, "
+        f"device {device}, launched by {launch.launcher}{job}"
+    )
+
+
+def set_collective_timeout(seconds: float) -> None:
+    """Bound every later collective of the default group by ``seconds`` (a dead peer ends the job)."""
+    if is_dist():
+        dist.set_timeout(datetime.timedelta(seconds=seconds))
+
+
+def watch_parent(launch: Launch, every_s: float = 2.0) -> None:
+    """Exit this rank when its launcher dies (it is re-parented), rather than train on as an orphan.
+
+    Only for launched ranks (torchrun, deepspeed, srun, submitit): a plain ``python`` run may
+    outlive its shell on purpose (nohup).
+    """
+    if launch.launcher == "python":
+        return
+    parent = os.getppid()
+
+    def check() -> None:
+        while True:
+            time.sleep(every_s)
+            if os.getppid() != parent:
+                sys.stderr.write(
+                    f"rank {get_rank()}: its launcher (pid {parent}) is gone; exiting instead of training on\n"
+                )
+                sys.stderr.flush()
+                os._exit(1)
+
+    threading.Thread(target=check, name="watch-parent", daemon=True).start()
 
 
 def any_rank_true(flag: bool, device: torch.device | None = None) -> bool:
@@ -103,6 +153,16 @@ def any_rank_true(flag: bool, device: torch.device | None = None) -> bool:
     t = torch.tensor([1.0 if flag else 0.0], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item() > 0)
+
+
+def max_over_ranks(value: int) -> int:
+    """The largest ``value`` of all ranks, on every rank (one small all-reduce)."""
+    if not is_dist():
+        return value
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+    t = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
 
 
 def seed_everything(seed: int) -> None:

@@ -22,6 +22,11 @@ class RunConfig:
         keep_last: how many checkpoints to keep.
         media_every: reconstruction/sample videos in TensorBoard every N steps (0 = off).
         max_nonfinite: stop after this many non-finite losses in a row.
+        save_on_interrupt: a first Ctrl-C finishes the step, saves and leaves (false: stop at once, unsaved).
+        start_timeout_s: bound on collectives until the first step is done (start-up may wait for a JIT
+            op build or a slow first load on another rank).
+        step_timeout_s: bound on every collective after the first step: a rank whose peer died exits
+            with an error within this time instead of waiting for ever.
     """
 
     dir: str = "runs/default"
@@ -35,6 +40,9 @@ class RunConfig:
     max_nonfinite: int = 5
     progress: bool = True
     stop_after: Optional[int] = None
+    save_on_interrupt: bool = True
+    start_timeout_s: float = 1800.0
+    step_timeout_s: float = 600.0
 
     # stop_after: leave after this many steps in this invocation (checkpointing first) while keeping
     # the schedule of train.max_steps; for time-sliced jobs, and how resume is tested.
@@ -45,5 +53,7 @@ class RunConfig:
                 raise ConfigError(f"run.{name} must be >= 1, got {getattr(self, name)}")
         if self.stop_after is not None and self.stop_after < 1:
             raise ConfigError(f"run.stop_after must be >= 1 or null, got {self.stop_after}")
+        if self.start_timeout_s <= 0 or self.step_timeout_s <= 0:
+            raise ConfigError("run.start_timeout_s and run.step_timeout_s must be > 0 seconds")
         if self.media_every < 0:
             raise ConfigError(f"run.media_every must be >= 0 (0 turns media off), got {self.media_every}")

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from vqvdm_scale.config import dump_config, to_dict
+from vqvdm_scale.config import UserError, dump_config, to_dict
 from vqvdm_scale.engine.checkpoint import load_checkpoint, save_checkpoint
 from vqvdm_scale.engine.config import TrainConfig
 from vqvdm_scale.engine.deepspeed_engine import deepspeed_config
@@ -31,18 +31,22 @@ from vqvdm_scale.engine.ema import EMA
 from vqvdm_scale.engine.env import (
     any_rank_true,
     barrier,
+    describe_rank,
     init_distributed,
     is_main,
+    max_over_ranks,
     pick_device,
     print0,
     rng_state,
     seed_everything,
+    set_collective_timeout,
     set_rng_state,
 )
 from vqvdm_scale.engine.protocol import Engine
 from vqvdm_scale.monitor.logger import Logger, make_logger
 from vqvdm_scale.monitor.meters import StepTimer, peak_memory_gib
 from vqvdm_scale.train.config import RunConfig
+from vqvdm_scale.train.run_lock import RunLock
 from vqvdm_scale.train.signals import StopOnSignal
 
 
@@ -97,8 +101,9 @@ class Trainer(ABC):
         self.cfg = cfg
         self.run_cfg: RunConfig = cfg.run
         self.train_cfg: TrainConfig = cfg.train
-        self.rank, self.world_size = init_distributed(self.run_cfg.backend)
+        self.rank, self.world_size = init_distributed(self.run_cfg.backend, self.run_cfg.start_timeout_s)
         self.device = pick_device(self.run_cfg.device)
+        print(describe_rank(self.device), flush=True)
         self.run_dir = Path(self.run_cfg.dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.step = 0
@@ -110,6 +115,15 @@ class Trainer(ABC):
         self.loader: Any = None
         # Each rank gets its own stream of randomness, reproducible from the run seed.
         seed_everything(self.run_cfg.seed + 1000 * self.rank)
+        self.lock = RunLock(self.run_dir)
+        refused: UserError | None = None
+        if is_main():
+            try:
+                self.lock.acquire()
+            except UserError as e:
+                refused = e
+        if any_rank_true(refused is not None):  # every rank leaves, not only the one that read the lock
+            raise refused or UserError(f"run dir {self.run_dir} is in use by another job (see rank 0)")
         if is_main():
             self.run_dir.mkdir(parents=True, exist_ok=True)
             dump_config(cfg, self.run_dir / "config.yaml")
@@ -217,6 +231,13 @@ class Trainer(ABC):
 
     def fit(self) -> Path:
         """Train to ``train.max_steps`` (resuming if a checkpoint exists); return the run dir."""
+        try:
+            return self._fit()
+        finally:
+            if is_main():
+                self.lock.release()
+
+    def _fit(self) -> Path:
         torch.manual_seed(self.run_cfg.seed)  # identical initial weights on every rank
         self.build()
         self._updates = self.updates()
@@ -250,12 +271,15 @@ class Trainer(ABC):
             dynamic_ncols=True,
         )
         last_logs: dict[str, float] = {}
-        with StopOnSignal() as stop:
+        with StopOnSignal(interrupt=self.run_cfg.save_on_interrupt) as stop:
             last_logs = self._train_until(stop_at, max_steps, batches, timer, bar, stop)
         bar.close()
         if stop.received is not None or self.step < max_steps:
             why = f"{stop.received} received" if stop.received is not None else "run.stop_after"
-            print0(f"[{self.stage}] stopped at step {self.step} ({why}); re-run the same command to resume")
+            print0(
+                f"[{self.stage}] stopped at step {self.step} ({why}); saved {self.ckpt_dir / f'step_{self.step:08d}'}; "
+                "re-run the same command to resume"
+            )
             self.logger.close()
             barrier()
             return self.run_dir
@@ -280,6 +304,7 @@ class Trainer(ABC):
         """Optimiser steps up to ``stop_at``, or to the first step boundary after a stop signal (checkpointed)."""
         flops_step: float | None = None  # counted once, on the first batch of this invocation
         last_logs: dict[str, float] = {}
+        first = True
         while self.step < stop_at:
             done = 0
             logs_acc: dict[str, float] = {}
@@ -322,9 +347,11 @@ class Trainer(ABC):
             if self.run_cfg.media_every and self.step % self.run_cfg.media_every == 0:
                 with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
                     self.media(self.step)
-            stopping = any_rank_true(stop.received is not None)
-            if stopping and stop.received is None:
-                stop.received = "a stop signal on another rank"
+            stop.agree(max_over_ranks(stop.signum))
+            stopping = stop.signum != 0
+            if first:  # past start-up (JIT builds, first loads): from now on a dead peer ends the job soon
+                set_collective_timeout(self.run_cfg.step_timeout_s)
+                first = False
             if self.step % self.run_cfg.ckpt_every == 0 or self.step == stop_at or stopping:
                 self.save()
             if stopping:
