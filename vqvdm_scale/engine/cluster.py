@@ -21,6 +21,12 @@ from typing import Optional
 
 _TORCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 _PORTS = (20000, 60000)  # submitit's range for a job-derived master port
+_exported: dict[str, Launch] = {}
+
+
+def node_name() -> str:
+    """This node's name: Slurm's (SLURMD_NODENAME) when there is one, else the host name."""
+    return os.environ.get("SLURMD_NODENAME") or socket.gethostname()
 
 
 @dataclass(frozen=True)
@@ -89,8 +95,13 @@ def _step_hosts(nodelist: str) -> list[str]:
 
 
 def export_torch_env() -> Launch:
-    """Set RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT from the launch, where unset; return it."""
-    launch = detect()
+    """Set RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT from the launch, where unset; return it.
+
+    The launch is detected once per process: after the export, the variables would read as torchrun's.
+    """
+    if "launch" in _exported:
+        return _exported["launch"]
+    launch = _exported["launch"] = detect()
     if launch.launcher in ("torchrun/deepspeed", "python"):
         return launch
     values = {

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from vqvdm_scale.engine.cluster import Launch, export_torch_env
+from vqvdm_scale.engine.cluster import Launch, export_torch_env, node_name
 
 Backend = Literal["auto", "nccl", "gloo"]
 
@@ -106,7 +106,7 @@ def describe_rank(device: torch.device) -> str:
     launch = export_torch_env()
     job = f", slurm job {launch.job_id}" if launch.job_id else ""
     return (
-        f"rank {get_rank()}/{get_world_size()} on {socket.gethostname()}: local rank {get_local_rank()}, "
+        f"rank {get_rank()}/{get_world_size()} on {node_name()}: local rank {get_local_rank()}, "
         f"device {device}, launched by {launch.launcher}{job}"
     )
 

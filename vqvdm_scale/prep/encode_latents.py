@@ -44,21 +44,21 @@ import torch.distributed as dist
 from fsspec.core import url_to_fs
 from tqdm import tqdm
 
-from vqvdm_scale.config import ConfigError, UserError, to_dict
+from vqvdm_scale.config import ConfigError, UserError
 from vqvdm_scale.config.text import plural
 from vqvdm_scale.data.pipeline import shard_sample_pipeline
 from vqvdm_scale.data.urls import resolve_shards
 from vqvdm_scale.engine.env import barrier, get_rank, get_world_size, init_distributed, is_dist, pick_device
-from vqvdm_scale.formats.latent_shards import LATENT_FORMAT, codebook_sha256, latent_manifest
-from vqvdm_scale.formats.shard_io import MANIFEST_NAME, join_url, publish_shard, shard_writer, write_json
+from vqvdm_scale.formats.latent_shards import LATENT_FORMAT
+from vqvdm_scale.formats.shard_io import MANIFEST_NAME, join_url, publish_shard, shard_writer
 from vqvdm_scale.formats.tokenizer_export import load_tokenizer
 from vqvdm_scale.formats.video_shards import shard_entries
 from vqvdm_scale.models.tokenizer.vqgan import VQTokenizer
+from vqvdm_scale.prep.encode_manifest import finish_range, write_manifest
 from vqvdm_scale.prep.encode_windows import DecodePool, prepare_job
 from vqvdm_scale.prep.latent_writer import ErrorLog, ShardEncoder, chunks
 from vqvdm_scale.prep.runner import (
     count_reasons,
-    finished,
     plan_hash,
     progress_bar,
     remove_strays,
@@ -89,6 +89,7 @@ class EncodeConfig:
     device: str = "auto"  # auto = this rank's GPU if there is one, else CPU
     threads: int = 1  # torch CPU threads; 0 = leave torch's default
     progress: bool = True
+    shards: str = ""  # "start:stop": encode only these input shard indices (one task of a job array)
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "frames", "stride", "resolution"):
@@ -101,6 +102,17 @@ class EncodeConfig:
         self.windows = str(self.windows).strip()
         if self.windows != "all" and not (self.windows.isdigit() and int(self.windows) >= 1):
             raise ConfigError(f"windows: 'all' or a number >= 1 of windows per video, got {self.windows!r}")
+        _ = self.shard_range  # validates it
+
+    @property
+    def shard_range(self) -> Optional[tuple[int, int]]:
+        """(start, stop) of the input shards this process encodes, or None for all of them."""
+        if not self.shards:
+            return None
+        start, sep, stop = str(self.shards).partition(":")
+        if not (sep and start.isdigit() and stop.isdigit() and int(start) < int(stop)):
+            raise ConfigError(f"shards: 'start:stop' input shard indices (e.g. 0:4), got {self.shards!r}")
+        return int(start), int(stop)
 
     @property
     def num_windows(self) -> Optional[int]:
@@ -221,59 +233,6 @@ def _encode_shard(
 # ----------------------------------------------------------------------------------------------- main
 
 
-def _write_manifest(
-    cfg: EncodeConfig,
-    tasks: list[_Task],
-    sidecars: dict[int, dict[str, Any]],
-    fs: Any,
-    root: str,
-    model: VQTokenizer,
-    fingerprint: str,
-    classes: list[str],
-    world: int,
-) -> dict[str, Any]:
-    """Rank 0: check every shard is whole, merge the sidecars and write manifest.json."""
-    ordered = []
-    for task in tasks:
-        side = sidecars.get(task.index) or finished(fs, root, task)
-        if side is None:
-            raise RuntimeError(
-                f"latent shard {task.name} (rank {task.index % world}) is missing or does not match its "
-                "sidecar after every rank finished; re-run the same command to redo it"
-            )
-        ordered.append(side)
-    manifest = latent_manifest(
-        ordered,
-        list(model.cfg.latent_shape(cfg.frames, cfg.resolution, cfg.resolution)),
-        model.cfg.codebook_size,
-        codebook_sha256(model.quantizer.codes()),
-        store=cfg.store,
-        extra={
-            "fingerprint": fingerprint,
-            "tokenizer_path": cfg.tokenizer,
-            "clip": {
-                "frames": cfg.frames,
-                "stride": cfg.stride,
-                "resolution": cfg.resolution,
-                "windows": cfg.windows,
-            },
-            "classes": classes,
-            "source": cfg.input,
-            "params": to_dict(cfg),
-        },
-    )
-    write_json(fs, root, MANIFEST_NAME, manifest)
-    reasons = ", ".join(f"{k}={v}" for k, v in manifest["counts"]["skip_counts"].items()) or "none"
-    print(
-        f"encode_latents: {plural(manifest['num_samples'], 'latent sample')} ({cfg.store}, {manifest['dtype']} "
-        f"{manifest['sample_shape']}) of {plural(manifest['counts']['videos'], 'video')} in "
-        f"{plural(len(manifest['shards']), 'shard')} at {cfg.output}; skipped {manifest['counts']['skipped']} "
-        f"({reasons})",
-        flush=True,
-    )
-    return manifest
-
-
 def _check_inputs(cfg: EncodeConfig) -> None:
     if not cfg.tokenizer:
         raise ConfigError(
@@ -338,7 +297,12 @@ def _run(cfg: EncodeConfig, rank: int, world: int) -> dict[str, Any]:
         # a manifest only ever describes a finished cache: drop the old one until this run has merged
         fs.rm(join_url(root, MANIFEST_NAME))
 
-    mine = [t for t in tasks if t.index % world == rank]
+    span = cfg.shard_range or (0, len(tasks))
+    if span[1] > len(tasks):
+        raise UserError(
+            f"shards={cfg.shards} reaches past the {plural(len(tasks), 'input shard')} of {cfg.input}"
+        )
+    mine = [t for t in tasks if span[0] <= t.index < span[1] and t.index % world == rank]
     sidecars, todo = split_finished(fs, root, mine)
     known = [t.source_count for t in todo]
     total = sum(c for c in known if c is not None) if all(c is not None for c in known) else None
@@ -369,10 +333,12 @@ def _run(cfg: EncodeConfig, rank: int, world: int) -> dict[str, Any]:
     )
 
     barrier()
+    if cfg.shard_range is not None:
+        return finish_range(cfg, tasks, sidecars, fs, root, model, fingerprint, classes, rank)
     failure: Optional[BaseException] = None
     if rank == 0:
         try:
-            manifest = _write_manifest(cfg, tasks, sidecars, fs, root, model, fingerprint, classes, world)
+            manifest = write_manifest(cfg, tasks, sidecars, fs, root, model, fingerprint, classes, world)
         except Exception as e:  # noqa: BLE001 - re-raised after the barrier, so other ranks do not hang
             failure = e
     barrier()

@@ -1,0 +1,1 @@
+"""Job submission: submitit/Slurm launchers for every stage."""
