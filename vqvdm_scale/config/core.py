@@ -285,9 +285,12 @@ def load_config(
     """Defaults of ``cls`` <- YAML file (with ``_base_``) <- ``values`` <- ``a.b=c`` overrides, validated.
 
     ``values`` maps dotted keys to values (strings are converted like YAML scalars of the key's type);
-    the command line's ``--flag value`` options arrive here.
+    the command line's ``--flag value`` options arrive here. A file's top-level ``slurm:`` section is
+    launchers/submit.py's (the job's Slurm settings) and is ignored here unless ``cls`` has such a field.
     """
     data: dict[str, Any] = read_yaml(path) if path else {}
+    if "slurm" not in _fields(cls):
+        data.pop("slurm", None)
     flat: dict[str, Any] = {}
     for dotted, value in (values or {}).items():
         _nest(dotted, value, flat, f"{dotted}={value!r}")

@@ -94,7 +94,7 @@ def load_stage(
     slurm_data = _deep_merge(slurm_data, {k: v for k, v in flags.items() if v is not None})
     slurm_over = [o.removeprefix("slurm.") for o in overrides if o.startswith("slurm.")]
     stage_over = [o for o in overrides if not o.startswith("slurm.")]
-    slurm = from_dict(SlurmConfig, _deep_merge(slurm_data, parse_overrides(slurm_over)), "slurm.")
+    slurm = from_dict(SlurmConfig, _deep_merge(slurm_data, parse_overrides(slurm_over)), "slurm")
     cfg = from_dict(stages()[stage].config, _deep_merge(data, parse_overrides(stage_over)))
     return cfg, slurm
 
