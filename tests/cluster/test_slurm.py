@@ -164,3 +164,25 @@ def test_encode_job_array_equals_one_process(slurm: None, tiny_latent_cache: dic
     assert manifests[0] == manifests[1]
     logs = "".join(p.read_text() for p in (out / "slurm").rglob("*_log.out"))
     assert logs.count("writes manifest.json") == 3  # three tasks left it to the last one
+
+
+def test_deepspeed_slurm_launcher_forms_the_same_world(
+    reference: Path, tiny_latent_cache: dict, tmp_path: Path
+) -> None:
+    # deepspeed --launcher slurm runs `srun -n N python train_ldm.py`; the script maps Slurm's variables.
+    run = tmp_path / "ds_slurm"
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("node1 slots=1\nnode2 slots=1\n")
+    cmd = ["salloc", "-N2", "-n2", "--cpus-per-task=1", "deepspeed", "--launcher", "slurm", "--no_ssh_check"]
+    cmd += ["--master_addr", "node1", "--hostfile", str(hostfile), str(REPO / "launchers" / "train_ldm.py")]
+    overrides = ldm_overrides(tiny_latent_cache, run, STEPS, "run.ckpt_every=10")
+    out = subprocess.run(
+        [*cmd, "--config", str(LDM_TINY), *overrides],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=job_env(),
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "rank 0/2 on node1" in out.stdout and "rank 1/2 on node2" in out.stdout
+    _same_run(run, reference)
