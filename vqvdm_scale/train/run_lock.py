@@ -64,6 +64,8 @@ class RunLock:
             return "the lock file is unreadable"
         if held.get("slurm_job_id") and held.get("slurm_job_id") == self.me["slurm_job_id"]:
             return f"it is this Slurm job's own lock (job {held['slurm_job_id']} was requeued)"
+        if held.get("host") == self.me["host"] and held.get("pid") == self.me["pid"]:
+            return "this process took it before (a trainer built twice in one process)"
         if held.get("host") == self.me["host"] and not _alive(int(held.get("pid", 0))):
             return f"pid {held.get('pid')} no longer runs on {held.get('host')}"
         try:
