@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import posixpath
 import time
 from collections.abc import Sequence
@@ -48,7 +47,16 @@ from vqvdm_scale.config import ConfigError, UserError
 from vqvdm_scale.config.text import plural
 from vqvdm_scale.data.pipeline import shard_sample_pipeline
 from vqvdm_scale.data.urls import resolve_shards
-from vqvdm_scale.engine.env import barrier, get_rank, get_world_size, init_distributed, is_dist, pick_device
+from vqvdm_scale.engine.cluster import export_torch_env
+from vqvdm_scale.engine.env import (
+    barrier,
+    describe_rank,
+    get_rank,
+    get_world_size,
+    init_distributed,
+    is_dist,
+    pick_device,
+)
 from vqvdm_scale.formats.latent_shards import LATENT_FORMAT
 from vqvdm_scale.formats.shard_io import MANIFEST_NAME, join_url, publish_shard, shard_writer
 from vqvdm_scale.formats.tokenizer_export import load_tokenizer
@@ -250,7 +258,8 @@ def main(cfg: EncodeConfig) -> dict[str, Any]:
     """Encode ``cfg.input`` into latent shards under ``cfg.output``; returns the manifest (every rank)."""
     _check_inputs(cfg)
     created = False
-    if not is_dist() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    # torchrun/deepspeed export WORLD_SIZE; under srun it comes from Slurm's variables
+    if not is_dist() and export_torch_env().world_size > 1:
         init_distributed("gloo", timeout_s=_BARRIER_TIMEOUT_S)  # only barriers: gloo on CPU and GPU alike
         created = True
     try:
@@ -265,6 +274,8 @@ def _run(cfg: EncodeConfig, rank: int, world: int) -> dict[str, Any]:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = pick_device(cfg.device)
+    if world > 1:
+        print(describe_rank(device), flush=True)
     if device.type == "cuda":  # re-runs must reproduce bytes: no autotuned / nondeterministic conv kernels
         torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True

@@ -17,7 +17,15 @@ from tqdm import tqdm
 
 from vqvdm_scale.config import ConfigError, UserError, to_dict
 from vqvdm_scale.engine.checkpoint import latest_checkpoint
-from vqvdm_scale.engine.env import barrier, get_rank, get_world_size, init_distributed, pick_device, print0
+from vqvdm_scale.engine.env import (
+    barrier,
+    describe_rank,
+    get_rank,
+    get_world_size,
+    init_distributed,
+    pick_device,
+    print0,
+)
 from vqvdm_scale.formats.ldm_export import EMA_FILE, load_ema
 from vqvdm_scale.formats.tokenizer_export import load_tokenizer
 from vqvdm_scale.sample.api import SampleConfig, decode_latents, generate_latents, write_videos
@@ -92,6 +100,8 @@ def main(cfg: SampleRunConfig) -> list[Path]:
     init_distributed()
     rank, world = get_rank(), get_world_size()
     device = pick_device(cfg.device)
+    if get_world_size() > 1:
+        print(describe_rank(device), flush=True)
     sm = load_ema(ema_path, device)
     try:
         tokenizer, _, fingerprint = load_tokenizer(cfg.tokenizer, device)
