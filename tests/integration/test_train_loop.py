@@ -142,3 +142,41 @@ def test_nonfinite_losses_are_skipped_then_stop_the_run(tmp_path: Path) -> None:
             ),
         )
     assert issubclass(NonFiniteLossError, RuntimeError)
+
+
+class _CountingEngine:
+    """Records backward/step calls (run_updates only calls these two)."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.calls.append("backward")
+
+    def step(self) -> None:
+        self.calls.append("step")
+
+
+def test_a_nonfinite_second_loss_steps_no_engine() -> None:
+    from vqvdm_scale.train.loop import run_updates
+
+    engines = {"gen": _CountingEngine(), "disc": _CountingEngine()}
+    seen: list[torch.Tensor] = []
+
+    def skip(losses: torch.Tensor) -> bool:
+        seen.append(losses)
+        return not bool(torch.isfinite(losses).all())
+
+    def gen(batch: Any, ctx: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        ctx["rec"] = torch.ones(1)
+        return torch.tensor(1.0, requires_grad=True), {"g": 1.0}
+
+    def disc(batch: Any, ctx: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        return ctx["rec"].sum() * batch, {"d": 2.0}
+
+    updates = [Update("gen", gen), Update("disc", disc)]
+    assert run_updates(updates, engines, float("nan"), skip) is None  # the discriminator's loss is NaN
+    assert engines["gen"].calls == [] and engines["disc"].calls == []  # the generator did not step alone
+    assert run_updates(updates, engines, 1.0, skip) == {"g": 1.0, "d": 2.0}
+    assert engines["gen"].calls == ["backward", "step"] and engines["disc"].calls == ["backward", "step"]
+    assert [len(s) for s in seen] == [2, 2]  # one check over both losses per micro-step

@@ -75,20 +75,27 @@ def run_updates(
     batch: Any,
     skip: Callable[[torch.Tensor], bool] = lambda loss: False,
 ) -> dict[str, float] | None:
-    """One micro-step: each update's loss, backward and step in order; None once ``skip(loss)`` says so.
+    """One micro-step, atomic: every update's loss first, then each backward and step in order.
 
+    ``skip`` sees all the losses at once (one check, agreed across ranks by the trainer): when it says
+    so, no engine steps, so a non-finite second loss (the VQGAN's discriminator) cannot leave the first
+    engine stepped alone. The losses may be computed first because a later update reads only detached
+    values of an earlier one (the discriminator update takes the generator's detached reconstruction).
     This is the whole of what the trainer runs per micro-batch (benchmarks time exactly this).
     """
     ctx: dict[str, Any] = {}
     logs: dict[str, float] = {}
+    losses = []
     for update in updates:
         loss, scalars = update.loss(batch, ctx)
-        if skip(loss):
-            return None
+        losses.append(loss)
+        logs.update(scalars)
+    if skip(torch.stack([loss.detach().float().reshape(()) for loss in losses])):
+        return None
+    for update, loss in zip(updates, losses, strict=True):
         engine = engines[update.engine]
         engine.backward(loss)
         engine.step()
-        logs.update(scalars)
     return logs
 
 
