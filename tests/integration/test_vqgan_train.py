@@ -119,6 +119,20 @@ def test_resume_gives_the_same_losses_as_an_uninterrupted_run(shards: Path, tmp_
     assert len(first) == 2 and len(rest) == 2
     keys = ("loss", "recon", "vq", "d_loss", "g_gan")
     assert [[s[k] for k in keys] for s in first + rest] == [[s[k] for k in keys] for s in full]
+    # The held-out clips are the run's, not each invocation's first batch: eval PSNR matches after resume.
+    assert _scalars(tmp_path / "b", "eval/psnr") == _scalars(tmp_path / "a", "eval/psnr")
+    assert sorted(_scalars(tmp_path / "a", "eval/psnr")) == [2, 4]
+
+
+def _scalars(run: Path, tag: str) -> dict[int, float]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out: dict[int, float] = {}
+    for f in sorted((run / "tb").glob("events.out.tfevents.*")):
+        acc = EventAccumulator(str(f), size_guidance={"scalars": 0})
+        acc.Reload()
+        out.update({e.step: e.value for e in acc.Scalars(tag)} if tag in acc.Tags()["scalars"] else {})
+    return out
 
 
 def test_bf16_run_trains_with_the_gan_on(shards: Path, tmp_path: Path) -> None:

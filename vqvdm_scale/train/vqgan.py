@@ -164,7 +164,7 @@ class VQGANTrainer(Trainer):
     def _generator(self, batch: dict[str, Any], ctx: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         x = batch["video"].to(self.device, self.dtype, non_blocking=True)
         if self.heldout is None:
-            self.heldout = x[: self.cfg.eval_clips].detach().clone()
+            self.heldout = self._heldout(x)
         return generator_step(
             self.engines["autoencoder"], self.engines["discriminator"], self.loss, x, self.step, ctx
         )
@@ -173,6 +173,22 @@ class VQGANTrainer(Trainer):
         self, batch: dict[str, Any], ctx: dict[str, Any]
     ) -> tuple[torch.Tensor, dict[str, float]]:
         return discriminator_step(self.engines["discriminator"], self.loss, ctx, self.step)
+
+    def _heldout(self, x: torch.Tensor) -> torch.Tensor:
+        """The fixed held-out clips: this rank's first training clips of the run, kept in the run dir.
+
+        Recorded once (``heldout/rank_N.pt``) and read back on every resume, so eval PSNR/SSIM are
+        always measured on the same clips rather than on each invocation's first batch.
+        """
+        path = self.run_dir / "heldout" / f"rank_{self.rank:05d}.pt"
+        if path.is_file():
+            return torch.load(path, map_location=self.device, weights_only=True).to(self.dtype)
+        clips = x[: self.cfg.eval_clips].detach().clone()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(clips.cpu(), tmp)
+        tmp.replace(path)
+        return clips
 
     @torch.no_grad()
     def media(self, step: int) -> None:
