@@ -49,10 +49,34 @@ class LoaderState:
     rank: int = 0
     resampled: bool = False
     reseed: int = 0
+    # what the ranks of earlier layouts (world size, workers) used this epoch, oldest first (see resplit)
+    consumed: list[dict[str, Any]] = field(default_factory=list)
+    # on resume only, never saved: every rank's state at the checkpoint, for a re-split on a new layout
+    peers: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe dict (goes into checkpoint client_state)."""
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        del out["peers"]
+        return out
+
+    def resplit(self) -> Optional[LoaderState]:
+        """A fresh state for the same epoch that excludes what every old rank used, or None if it cannot.
+
+        Needs all old ranks' states (``peers``) in one epoch and layout: then the samples they used are
+        recorded as one more ``consumed`` layout, and the new readers split the rest among themselves.
+        """
+        peers = sorted((LoaderState.from_dict(p) for p in self.peers), key=lambda p: p.rank)
+        if [p.rank for p in peers] != list(range(self.world_size)) or self.resampled:
+            return None
+        if len({(p.epoch, p.seed, p.num_workers, p.world_size, len(p.consumed)) for p in peers}) != 1:
+            return None
+        layout = {
+            "world_size": self.world_size,
+            "num_workers": self.num_workers,
+            "cursors": [list(p.worker_cursors) for p in peers],
+        }
+        return LoaderState(epoch=self.epoch, seed=self.seed, consumed=[*self.consumed, layout])
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LoaderState:
@@ -63,6 +87,7 @@ class LoaderState:
             raise ValueError(f"loader state has unknown keys {sorted(unknown)}; it is not a ClipLoader state")
         out = cls(**data)
         out.worker_cursors = [int(c) for c in out.worker_cursors]
+        out.consumed = [dict(c) for c in out.consumed]
         return out
 
 
@@ -151,6 +176,12 @@ class ResumableLoader:
                 out.reseed = mix_seed(state.reseed, state.samples_consumed, state.batches_consumed)
             return out
         layout = (state.num_workers, state.world_size, state.rank, len(state.worker_cursors))
+        if layout[:2] != (self.readers, self.world_size):
+            resplit = state.resplit()
+            if resplit is not None:
+                out = self._fresh(resplit.epoch, resplit.seed)
+                out.consumed = resplit.consumed
+                return out
         if layout != (self.readers, self.world_size, self.rank, self.readers):
             warnings.warn(
                 f"loader layout changed since the checkpoint (workers, world_size, rank: "
@@ -198,6 +229,7 @@ class ResumableLoader:
             reseed=st.reseed,
             cursors=list(st.worker_cursors),
             worker_offset=st.next_worker,
+            consumed=st.consumed,
         )
 
     def _dataset(self) -> IterableDataset:
@@ -234,7 +266,7 @@ class ResumableLoader:
     def epoch_iter(self) -> Iterator[Batch]:
         """The rest of the current epoch's batches; the epoch advances once it is exhausted."""
         st = self._state
-        fresh = st.batches_consumed == 0 and not any(st.worker_cursors)
+        fresh = st.batches_consumed == 0 and not any(st.worker_cursors) and not st.consumed
         produced = 0
         it = iter(self._dataloader())
         try:

@@ -89,6 +89,15 @@ def split_by_rank(src: Iterable[Any], rank: int, world_size: int) -> Iterator[An
     yield from islice(src, rank, None, world_size)
 
 
+def _drop_consumed(
+    src: Iterable[dict[str, Any]], exclude: frozenset[tuple[str, str]]
+) -> Iterator[dict[str, Any]]:
+    """Drop the samples an earlier layout of this epoch already used (``(__url__, __key__)`` pairs)."""
+    for sample in src:
+        if (sample.get("__url__"), sample.get("__key__")) not in exclude:
+            yield sample
+
+
 def _number_and_skip(src: Iterable[dict[str, Any]], skip: int) -> Iterator[dict[str, Any]]:
     """Tag samples with their position ``__index__`` in the reader's stream; drop the first ``skip``."""
     for i, sample in enumerate(src):
@@ -122,13 +131,15 @@ def shard_sample_pipeline(
     reseed: int = 0,
     skip: int = 0,
     handler: Optional[Callable[[BaseException], bool]] = None,
+    exclude: frozenset[tuple[str, str]] = frozenset(),
 ) -> wds.DataPipeline:
     """Raw tar samples (dicts of bytes + ``__key__``, ``__url__``, ``__index__``) for one reader.
 
     The reader is logical worker ``worker`` of ``num_workers`` on ``rank`` of ``world_size``. Seeded
     mode: shards shuffled by (seed, epoch) identically on every rank, then split by rank and worker.
     Resampled mode: shards drawn with replacement from all shards by an RNG of (seed, epoch, reseed,
-    rank, worker). ``skip`` drops the first samples after the shuffle buffer (resume). Tar and open
+    rank, worker). ``exclude`` drops samples before the shuffle buffer (what the ranks of an earlier
+    world size used this epoch), ``skip`` drops the first samples after it (resume). Tar and open
     errors go to ``handler`` (default: an :class:`ErrorCounter`). A latent loader continues this
     pipeline with its own decode.
     """
@@ -154,11 +165,39 @@ def shard_sample_pipeline(
         functools.partial(tar_file_expander, handler=handler),
         functools.partial(group_by_keys, handler=handler),
     ]
+    if exclude:
+        stages.append(functools.partial(_drop_consumed, exclude=exclude))
     if shuffle_buffer > 1:
         rng = random.Random(mix_seed(seed, epoch, reseed, rank, worker, 1))
         stages.append(wds.shuffle(shuffle_buffer, initial=shuffle_buffer, rng=rng))
     stages.append(functools.partial(_number_and_skip, skip=skip))
     return wds.DataPipeline(*stages)
+
+
+def consumed_samples(
+    urls: Sequence[str], layouts: Sequence[dict[str, Any]], *, seed: int, epoch: int, shuffle_buffer: int
+) -> frozenset[tuple[str, str]]:
+    """``(url, key)`` of every sample the readers of earlier layouts of this epoch used, in order.
+
+    Each layout is ``{"world_size", "num_workers", "cursors": [[per-worker cursor] per rank]}``, as
+    :meth:`~vqvdm_scale.data.loader.LoaderState.resplit` records it. Replaying a reader's stream (no
+    decoding) to its cursor gives exactly the samples it used, since the stream is a function of the
+    seed, epoch and layout (and of the layouts before it, whose samples it did not hold).
+    """
+    used: set[tuple[str, str]] = set()
+    for layout in layouts:
+        before = frozenset(used)
+        world, workers = int(layout["world_size"]), int(layout["num_workers"])
+        for rank in range(world):
+            for worker in range(workers):
+                stream = shard_sample_pipeline(
+                    urls, rank=rank, world_size=world, worker=worker, num_workers=workers, seed=seed,
+                    epoch=epoch, shuffle_buffer=shuffle_buffer, exclude=before,
+                    handler=ErrorCounter(f"replay rank {rank} worker {worker}"),
+                )  # fmt: skip
+                for sample in islice(stream, int(layout["cursors"][rank][worker])):
+                    used.add((sample["__url__"], sample["__key__"]))
+    return frozenset(used)
 
 
 def reader_identity(worker_offset: int = 0) -> tuple[int, int]:

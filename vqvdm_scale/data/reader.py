@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
 
 import torch
@@ -21,6 +21,7 @@ from vqvdm_scale.config.text import plural
 from vqvdm_scale.data.pipeline import (
     ErrorCounter,
     check_enough_shards,
+    consumed_samples,
     mix_seed,
     reader_identity,
     shard_sample_pipeline,
@@ -95,6 +96,7 @@ class ReaderSpec:
     reseed: int
     cursors: list[int]
     worker_offset: int
+    consumed: list[dict[str, Any]] = field(default_factory=list)  # earlier layouts of this epoch
 
     def open(self, label: str) -> tuple[int, ErrorCounter, Iterator[dict[str, Any]]]:
         """(worker index, its error counter, its raw samples) for the DataLoader worker this runs in."""
@@ -104,6 +106,11 @@ class ReaderSpec:
                 f"loader built for {plural(len(self.cursors), 'worker')} runs with {num_workers}"
             )
         counter = ErrorCounter(f"{label}rank {self.rank} worker {worker}")
+        exclude = frozenset[tuple[str, str]]()
+        if self.consumed:
+            exclude = consumed_samples(
+                self.urls, self.consumed, seed=self.seed, epoch=self.epoch, shuffle_buffer=self.shuffle_buffer
+            )
         samples = shard_sample_pipeline(
             self.urls,
             rank=self.rank,
@@ -118,6 +125,7 @@ class ReaderSpec:
             reseed=self.reseed,
             skip=self.cursors[worker],
             handler=counter,
+            exclude=exclude,
         )
         return worker, counter, iter(samples)
 

@@ -102,5 +102,10 @@ def load_checkpoint(
         print0(
             f"note: {rank_file.name} missing (world size changed?); RNG and loader start fresh on this rank"
         )
+    # every rank's loader state, so a loader on another world size can re-split the epoch's rest
+    ranks = sorted(d.glob("rank_*.pt"))
+    per_rank["loader_peers"] = [
+        torch.load(f, map_location="cpu", weights_only=True).get("loader", {}) for f in ranks
+    ]
     print0(f"resumed from {d}")
     return client_state, per_rank

@@ -11,12 +11,16 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any, Optional
 
 import torch
 from torch import nn
 
+from vqvdm_scale.config import UserError
 from vqvdm_scale.engine.config import OptimConfig, TrainConfig
+from vqvdm_scale.engine.env import any_rank_true, get_world_size, is_main, print0
+from vqvdm_scale.engine.universal import UNIVERSAL_SUFFIX, saved_world_size, to_universal
 
 
 def deepspeed_config(train: TrainConfig, world_size: int) -> dict[str, Any]:
@@ -93,10 +97,37 @@ class DeepSpeedEngine:
         self._engine.save_checkpoint(directory, tag=tag, client_state=client_state, save_latest=False)
 
     def load(self, directory: str, tag: str) -> dict[str, Any]:
+        saved = saved_world_size(Path(directory) / tag)
+        if saved is not None and saved != get_world_size():
+            return self._load_universal(directory, tag, saved)
         path, client_state = self._engine.load_checkpoint(directory, tag=tag)
         if path is None:
             raise RuntimeError(
                 f"checkpoint {directory}/{tag} could not be loaded; delete {directory} to fall back to an older one"
+            )
+        return dict(client_state or {})
+
+    def _load_universal(self, directory: str, tag: str, saved: int) -> dict[str, Any]:
+        """Load a ZeRO checkpoint of ``saved`` ranks on this world size, through DeepSpeed's universal format."""
+        failure: Optional[UserError] = None
+        if is_main():
+            try:
+                to_universal(Path(directory) / tag)
+            except UserError as e:
+                failure = e
+        if any_rank_true(failure is not None):
+            raise failure or UserError(f"{directory}/{tag}: the universal conversion failed on rank 0")
+        print0(
+            f"{directory}/{tag}: written by {saved} ranks, loaded on {get_world_size()} (universal checkpoint)"
+        )
+        self._engine._config.load_universal_checkpoint = True
+        try:
+            path, client_state = self._engine.load_checkpoint(directory, tag=tag + UNIVERSAL_SUFFIX)
+        finally:
+            self._engine._config.load_universal_checkpoint = False
+        if path is None:
+            raise UserError(
+                f"{directory}/{tag}{UNIVERSAL_SUFFIX} could not be loaded; delete it to convert again"
             )
         return dict(client_state or {})
 

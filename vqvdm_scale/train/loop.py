@@ -229,8 +229,11 @@ class Trainer(ABC):
         if self.ema is not None and client.get("ema"):
             self.ema.load_state_dict(client["ema"])
         if "rng" in per_rank:
-            set_rng_state(per_rank["rng"])
-        return per_rank.get("loader") or client.get("loader")
+            set_rng_state(per_rank["rng"])  # a rank new to the run keeps the fresh seed it started with
+        loader = per_rank.get("loader") or client.get("loader")
+        if loader and per_rank.get("loader_peers"):
+            loader = {**loader, "peers": per_rank["loader_peers"]}  # a new layout re-splits the epoch
+        return loader
 
     def _batches(self) -> Iterator[Any]:
         while True:
