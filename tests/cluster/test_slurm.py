@@ -65,6 +65,16 @@ def test_one_node_two_ranks_finishes_with_its_checkpoint(reference: Path) -> Non
     assert (reference / "checkpoints" / f"step_{STEPS:08d}" / "COMPLETE").read_text() == "world_size=2\n"
     out = "".join(p.read_text() for p in sorted((reference / "slurm").glob("*/*_0_log.out")))
     assert "rank 0/2 on node1" in out and "launched by submitit" in out
+    # a job's stdout is a file: plain progress lines, no tqdm bar, and the closing summary
+    assert f"[ldm] step {STEPS}/{STEPS} (100%) | loss " in out and "\r" not in out
+    assert (
+        f"[ldm] done at step {STEPS}: {STEPS} steps in " in out
+        and "bad inputs skipped: 0 corrupt samples" in out
+    )
+    # every rank's step time and data wait reach TensorBoard
+    for rank in (0, 1):
+        assert len(tb_losses(reference, f"perf_rank/{rank}/s_per_step")) == STEPS
+        assert len(tb_losses(reference, f"perf_rank/{rank}/data_wait_pct")) == STEPS
     assert "rank 1/2 on node1" in "".join(p.read_text() for p in (reference / "slurm").glob("*/*_1_log.out"))
 
 

@@ -19,7 +19,8 @@ from torch import nn
 
 from vqvdm_scale.config import UserError
 from vqvdm_scale.engine.config import OptimConfig, TrainConfig
-from vqvdm_scale.engine.env import any_rank_true, get_world_size, is_main, print0
+from vqvdm_scale.engine.env import any_rank_true, get_local_rank, get_world_size, is_main, print0
+from vqvdm_scale.engine.extensions import prepare_extensions
 from vqvdm_scale.engine.universal import UNIVERSAL_SUFFIX, saved_world_size, to_universal
 
 
@@ -143,6 +144,7 @@ def build_engine(
     params: Iterable[nn.Parameter] | None = None,
 ) -> DeepSpeedEngine:
     """Wrap ``model`` in a DeepSpeed engine with AdamW + warm-up/cosine, per the config tree."""
+    prepare_extensions(announce=get_local_rank() == 0)  # before DeepSpeed builds or loads its ops
     import deepspeed
 
     opt = build_optimizer(params if params is not None else model.parameters(), train, optim)

@@ -165,6 +165,17 @@ def max_over_ranks(value: int) -> int:
     return int(t.item())
 
 
+def gather_floats(values: list[float]) -> list[list[float]]:
+    """Every rank's ``values`` (same length on all), by rank, on every rank (one small all-gather)."""
+    if not is_dist():
+        return [list(values)]
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+    mine = torch.tensor(values, dtype=torch.float64, device=device)
+    out = [torch.empty_like(mine) for _ in range(get_world_size())]
+    dist.all_gather(out, mine)
+    return [t.tolist() for t in out]
+
+
 def seed_everything(seed: int) -> None:
     """Seed python, numpy and torch (CPU and CUDA)."""
     random.seed(seed)

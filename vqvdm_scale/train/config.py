@@ -27,6 +27,10 @@ class RunConfig:
             op build or a slow first load on another rank).
         step_timeout_s: bound on every collective after the first step: a rank whose peer died exits
             with an error within this time instead of waiting for ever.
+        nccl_async_error_handling: TORCH_NCCL_ASYNC_ERROR_HANDLING (null = torch's default, 3: a failed
+            or timed-out collective tears the rank down).
+        nccl_trace_buffer: TORCH_NCCL_TRACE_BUFFER_SIZE, the flight recorder's size (0 = off); with it on,
+            a timeout dumps each rank's last collectives to <run.dir>/nccl_trace/rank_<r>.
     """
 
     dir: str = "runs/default"
@@ -43,6 +47,8 @@ class RunConfig:
     save_on_interrupt: bool = True
     start_timeout_s: float = 1800.0
     step_timeout_s: float = 600.0
+    nccl_async_error_handling: Optional[int] = None
+    nccl_trace_buffer: int = 2000
 
     # stop_after: leave after this many steps in this invocation (checkpointing first) while keeping
     # the schedule of train.max_steps; for time-sliced jobs, and how resume is tested.
@@ -53,6 +59,12 @@ class RunConfig:
                 raise ConfigError(f"run.{name} must be >= 1, got {getattr(self, name)}")
         if self.stop_after is not None and self.stop_after < 1:
             raise ConfigError(f"run.stop_after must be >= 1 or null, got {self.stop_after}")
+        if self.nccl_async_error_handling not in (None, 0, 1, 2, 3):
+            raise ConfigError(
+                f"run.nccl_async_error_handling: 0-3 or null, got {self.nccl_async_error_handling}"
+            )
+        if self.nccl_trace_buffer < 0:
+            raise ConfigError(f"run.nccl_trace_buffer must be >= 0, got {self.nccl_trace_buffer}")
         if self.start_timeout_s <= 0 or self.step_timeout_s <= 0:
             raise ConfigError("run.start_timeout_s and run.step_timeout_s must be > 0 seconds")
         if self.media_every < 0:

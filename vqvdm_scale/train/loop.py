@@ -11,7 +11,6 @@ command, the ``latest`` pointer and keep-K, and TensorBoard.
 from __future__ import annotations
 
 import json
-import math
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -21,7 +20,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from vqvdm_scale.config import UserError, dump_config, to_dict
 from vqvdm_scale.engine.checkpoint import load_checkpoint, save_checkpoint
@@ -42,10 +40,13 @@ from vqvdm_scale.engine.env import (
     set_collective_timeout,
     set_rng_state,
 )
+from vqvdm_scale.engine.nccl import export_nccl_env
 from vqvdm_scale.engine.protocol import Engine
 from vqvdm_scale.monitor.logger import Logger, make_logger
-from vqvdm_scale.monitor.meters import StepTimer, peak_memory_gib
+from vqvdm_scale.monitor.meters import StepTimer
+from vqvdm_scale.monitor.progress import Progress, Throughput
 from vqvdm_scale.train.config import RunConfig
+from vqvdm_scale.train.reporting import report_step, summary_line
 from vqvdm_scale.train.run_lock import RunLock
 from vqvdm_scale.train.signals import StopOnSignal
 
@@ -108,6 +109,11 @@ class Trainer(ABC):
         self.cfg = cfg
         self.run_cfg: RunConfig = cfg.run
         self.train_cfg: TrainConfig = cfg.train
+        export_nccl_env(
+            self.run_cfg.nccl_async_error_handling,
+            self.run_cfg.nccl_trace_buffer,
+            Path(self.run_cfg.dir) / "nccl_trace",
+        )
         self.rank, self.world_size = init_distributed(self.run_cfg.backend, self.run_cfg.start_timeout_s)
         self.device = pick_device(self.run_cfg.device)
         print(describe_rank(self.device), flush=True)
@@ -273,17 +279,12 @@ class Trainer(ABC):
             if self.run_cfg.stop_after is None
             else min(max_steps, self.step + self.run_cfg.stop_after)
         )
-        bar = tqdm(
-            total=max_steps,
-            initial=self.step,
-            disable=not (is_main() and self.run_cfg.progress),
-            desc=self.stage,
-            dynamic_ncols=True,
-        )
+        progress = Progress(self.stage, max_steps, self.step, is_main(), self.run_cfg.progress)
+        throughput = Throughput()
         last_logs: dict[str, float] = {}
         with StopOnSignal(interrupt=self.run_cfg.save_on_interrupt) as stop:
-            last_logs = self._train_until(stop_at, max_steps, batches, timer, bar, stop)
-        bar.close()
+            last_logs = self._train_until(stop_at, max_steps, batches, timer, progress, throughput, stop)
+        progress.close()
         if stop.received is not None or self.step < max_steps:
             why = f"{stop.received} received" if stop.received is not None else "run.stop_after"
             print0(
@@ -293,11 +294,9 @@ class Trainer(ABC):
             self.logger.close()
             barrier()
             return self.run_dir
-        print0(
-            f"[{self.stage}] done at step {self.step}; last losses: "
-            + ", ".join(f"{k}={v:.4f}" for k, v in list(last_logs.items())[:6])
-        )
+        line = summary_line(self, throughput.summary(), last_logs)
         self.finish()
+        print0(line)
         self.logger.close()
         barrier()
         return self.run_dir
@@ -308,7 +307,8 @@ class Trainer(ABC):
         max_steps: int,
         batches: Iterator[Any],
         timer: StepTimer,
-        bar: tqdm,
+        progress: Progress,
+        throughput: Throughput,
         stop: StopOnSignal,
     ) -> dict[str, float]:
         """Optimiser steps up to ``stop_at``, or to the first step boundary after a stop signal (checkpointed)."""
@@ -317,6 +317,7 @@ class Trainer(ABC):
         first = True
         while self.step < stop_at:
             done = 0
+            items = 0
             logs_acc: dict[str, float] = {}
             while done < self.train_cfg.grad_accum:
                 t0 = time.perf_counter()
@@ -328,32 +329,19 @@ class Trainer(ABC):
                 if logs is None:
                     continue
                 done += 1
-                timer.items += self.batch_size(batch)
+                items += self.batch_size(batch)
                 for k, v in logs.items():
                     logs_acc[k] = logs_acc.get(k, 0.0) + v / self.train_cfg.grad_accum
             self.step += 1
-            timer.steps += 1
+            timer.add_step(items)
+            throughput.add(1, items * self.world_size)
             if self.ema is not None and self.step % self.train_cfg.ema_every == 0:
                 self.ema.update(self.ema_source)  # type: ignore[arg-type]
             last_logs = logs_acc
             if self.step % self.run_cfg.log_every == 0 or self.step == max_steps:
-                perf = timer.summary(self.world_size)
-                values = {f"train/{k}": v for k, v in logs_acc.items()}
-                values.update(perf)
-                values["perf/peak_mem_gib"] = peak_memory_gib(self.device)
-                values["train/nonfinite_skipped"] = float(self.nonfinite_total)
-                if flops_step:
-                    achieved = flops_step / perf["perf/s_per_step"]
-                    values["perf/tflops_per_device"] = achieved / 1e12
-                    values["perf/mfu"] = achieved / (self.train_cfg.flops_peak_tflops * 1e12)
-                values.update(self.extra_scalars())
-                self.logger.scalars(values, self.step)
-                main_loss = logs_acc.get("loss", next(iter(logs_acc.values()), math.nan))
-                bar.set_postfix_str(
-                    f"loss {main_loss:.4f} | {perf['perf/samples_per_s']:.1f} samples/s | data {perf['perf/data_wait_pct']:.0f}%"
-                )
+                report_step(self, logs_acc, timer, flops_step, progress)
                 timer.reset()
-            bar.update(1)
+            progress.step()
             if self.run_cfg.media_every and self.step % self.run_cfg.media_every == 0:
                 with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
                     self.media(self.step)
