@@ -6,17 +6,21 @@ made with and refuses a tokenizer whose fingerprint differs.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from torch import Tensor
 
 from vqvdm_scale.config.core import UserError, from_dict, to_dict
+from vqvdm_scale.formats.safetensors_file import (
+    content_sha256,
+    read_safetensors,
+    verify_sha256,
+    write_safetensors,
+    write_text,
+)
 from vqvdm_scale.models.tokenizer.config import TokenizerConfig
 from vqvdm_scale.models.tokenizer.vqgan import VQTokenizer
 
@@ -30,13 +34,7 @@ def config_json(cfg: TokenizerConfig) -> str:
 
 def fingerprint(config_text: str, tensors: dict[str, Tensor]) -> str:
     """sha256 over the config JSON and every tensor's name, dtype, shape and bytes in sorted name order."""
-    h = hashlib.sha256()
-    h.update(config_text.encode("utf-8"))
-    for name in sorted(tensors):
-        t = tensors[name].detach().cpu().contiguous()
-        h.update(f"\n{name}|{str(t.dtype).removeprefix('torch.')}|{list(t.shape)}\n".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
+    return content_sha256(config_text, tensors)
 
 
 def _export_state(model: VQTokenizer) -> dict[str, Tensor]:
@@ -48,14 +46,11 @@ def _export_state(model: VQTokenizer) -> dict[str, Tensor]:
     return out
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def export_tokenizer(model: VQTokenizer, cfg: TokenizerConfig, path: str | Path) -> str:
-    """Write ``path`` (safetensors) and ``<path>.json`` (config + fingerprint) atomically; return the fingerprint."""
+    """Write ``path`` (safetensors) and ``<path>.json`` (config + fingerprint) atomically; return the fingerprint.
+
+    The fingerprint is the export's own sha256 (of its config text and tensors), checked on every load.
+    """
     if to_dict(model.cfg) != to_dict(cfg):
         raise UserError("the config passed to export_tokenizer differs from the one the model was built with")
     path = Path(path)
@@ -63,11 +58,9 @@ def export_tokenizer(model: VQTokenizer, cfg: TokenizerConfig, path: str | Path)
     tensors = _export_state(model)
     text = config_json(cfg)
     fp = fingerprint(text, tensors)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    save_file(tensors, str(tmp), metadata={"config": text, "fingerprint": fp, "format": EXPORT_FORMAT})
-    os.replace(tmp, path)
+    write_safetensors(path, tensors, {"config": text, "fingerprint": fp, "format": EXPORT_FORMAT})
     sidecar = {"format": EXPORT_FORMAT, "weights": path.name, "fingerprint": fp, "config": to_dict(cfg)}
-    _atomic_write_text(path.with_name(path.name + ".json"), json.dumps(sidecar, indent=2) + "\n")
+    write_text(path.with_name(path.name + ".json"), json.dumps(sidecar, indent=2) + "\n")
     return fp
 
 
@@ -81,7 +74,8 @@ def _read_metadata(path: Path) -> dict[str, str]:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
     except (SafetensorError, OSError) as e:
-        raise UserError(f"{path} is not a readable safetensors tokenizer file: {e}") from e
+        reason = " ".join(str(e).split())
+        raise UserError(f"{path} is not a readable safetensors tokenizer file (truncated?): {reason}") from e
     if meta.get("format") != EXPORT_FORMAT or "config" not in meta or "fingerprint" not in meta:
         raise UserError(
             f"{path} is not a vqvdm tokenizer export (format {meta.get('format')!r}, expected {EXPORT_FORMAT!r})"
@@ -99,16 +93,10 @@ def load_tokenizer(
 ) -> tuple[VQTokenizer, TokenizerConfig, str]:
     """Load an exported tokenizer, verify its fingerprint, and return ``(model in eval mode, config, fingerprint)``."""
     path = Path(path)
-    meta = _read_metadata(path)
-    with safe_open(str(path), framework="pt") as f:
-        tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 - safe_open has no iterator
+    _read_metadata(path)  # a missing file or another kind of file is said before the tensors are read
+    meta, tensors = read_safetensors(path, "tokenizer export")
     # Hash the stored JSON text itself, so any edit of the config metadata is caught too.
-    actual = fingerprint(meta["config"], tensors)
-    if actual != meta["fingerprint"]:
-        raise UserError(
-            f"{path}: fingerprint mismatch (recorded {meta['fingerprint'][:16]}..., contents hash to "
-            f"{actual[:16]}...): the file is corrupt or was edited after export; re-export the tokenizer"
-        )
+    actual = verify_sha256(path, "tokenizer export", meta["fingerprint"], meta["config"], tensors)
     cfg = from_dict(TokenizerConfig, json.loads(meta["config"]))
     model = VQTokenizer(cfg)
     try:

@@ -16,7 +16,7 @@ import torch
 from tqdm import tqdm
 
 from vqvdm_scale.config import ConfigError, UserError, to_dict
-from vqvdm_scale.engine.checkpoint import latest_checkpoint
+from vqvdm_scale.engine.checkpoint import complete_checkpoints, latest_checkpoint
 from vqvdm_scale.engine.env import (
     barrier,
     describe_rank,
@@ -76,12 +76,9 @@ class SampleRunConfig:
             p = Path(self.checkpoint)
             if not p.exists():
                 raise UserError(f"--checkpoint {self.checkpoint!r} does not exist")
-            ema = p if p.is_file() else p / EMA_FILE
-            if not ema.is_file():
-                raise UserError(
-                    f"--checkpoint {self.checkpoint!r} has no {EMA_FILE}: give an LDM checkpoint dir"
-                )
-            return ema
+            if p.is_file():
+                return p
+            return _checkpoint_ema(p)
         run = Path(str(self.run))
         if not run.is_dir():
             what = "is a file, not a directory" if run.exists() else "does not exist"
@@ -91,7 +88,23 @@ class SampleRunConfig:
             raise UserError(
                 f"run dir {self.run!r} has no complete checkpoint yet: train it further or pass --checkpoint"
             )
-        return ckpt / EMA_FILE
+        return _checkpoint_ema(ckpt)
+
+
+def _checkpoint_ema(ckpt: Path) -> Path:
+    """``ckpt/ema.safetensors``; if it is missing, a UserError that says how to repair it or what else to use."""
+    ema = ckpt / EMA_FILE
+    if ema.is_file():
+        return ema
+    if not ckpt.name.startswith("step_"):
+        raise UserError(f"--checkpoint {str(ckpt)!r} has no {EMA_FILE}: give an LDM checkpoint dir")
+    # a job killed between the checkpoint and its export; the trainer writes a missing export on rerun
+    older = [d for d in complete_checkpoints(ckpt.parent) if d.name < ckpt.name and (d / EMA_FILE).is_file()]
+    alternative = f"--checkpoint {older[-1]}" if older else "--checkpoint of an older step"
+    raise UserError(
+        f"checkpoint {ckpt} has no {EMA_FILE} (the job stopped before exporting it): re-run the training "
+        f"command to repair the export, or pass {alternative}"
+    )
 
 
 def main(cfg: SampleRunConfig) -> list[Path]:
