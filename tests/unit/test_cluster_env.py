@@ -12,10 +12,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from vqvdm_scale.config import UserError
 from vqvdm_scale.engine import cluster
-from vqvdm_scale.engine.extensions import prepare_extensions
+from vqvdm_scale.engine.extensions import cpu_tag, default_extensions_dir, pending_ops, prepare_extensions
 from vqvdm_scale.engine.nccl import export_nccl_env
 from vqvdm_scale.monitor.progress import Progress
 from vqvdm_scale.train.run_lock import RunLock
@@ -109,22 +110,33 @@ def test_nccl_settings_come_from_config_and_yield_to_the_user(
 ) -> None:
     for key in (
         "TORCH_NCCL_ASYNC_ERROR_HANDLING",
+        "TORCH_FR_BUFFER_SIZE",
         "TORCH_NCCL_TRACE_BUFFER_SIZE",
         "TORCH_NCCL_DUMP_ON_TIMEOUT",
         "TORCH_FR_DUMP_TEMP_FILE",
         "TORCH_NCCL_DEBUG_INFO_TEMP_FILE",
     ):
         clean_env.delenv(key, raising=False)
-    clean_env.setenv("TORCH_NCCL_TRACE_BUFFER_SIZE", "50")  # the user's own setting
     set_now = export_nccl_env(3, 2000, tmp_path / "nccl_trace")
-    assert (
-        os.environ["TORCH_NCCL_ASYNC_ERROR_HANDLING"] == "3"
-        and os.environ["TORCH_NCCL_DUMP_ON_TIMEOUT"] == "1"
-    )
-    assert os.environ["TORCH_FR_DUMP_TEMP_FILE"] == str(tmp_path / "nccl_trace" / "rank_")
-    assert (
-        os.environ["TORCH_NCCL_TRACE_BUFFER_SIZE"] == "50" and "TORCH_NCCL_TRACE_BUFFER_SIZE" not in set_now
-    )
+    assert set_now == {
+        "TORCH_NCCL_ASYNC_ERROR_HANDLING": "3",
+        "TORCH_FR_BUFFER_SIZE": "2000",
+        "TORCH_NCCL_DUMP_ON_TIMEOUT": "1",
+        "TORCH_FR_DUMP_TEMP_FILE": str(tmp_path / "nccl_trace" / "rank_"),
+    }
+    assert all(os.environ[k] == v for k, v in set_now.items())
+    # torch warns on the deprecated names, so they are never exported
+    assert "TORCH_NCCL_TRACE_BUFFER_SIZE" not in os.environ
+    assert "TORCH_NCCL_DEBUG_INFO_TEMP_FILE" not in os.environ
+    for key in set_now:
+        clean_env.delenv(key)
+    # the user's own settings win, under the new name or the deprecated one
+    clean_env.setenv("TORCH_NCCL_TRACE_BUFFER_SIZE", "50")
+    clean_env.setenv("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
+    set_now = export_nccl_env(3, 2000, None)
+    assert set_now == {} and "TORCH_FR_BUFFER_SIZE" not in os.environ
+    assert os.environ["TORCH_NCCL_ASYNC_ERROR_HANDLING"] == "1"
+    assert export_nccl_env(None, 0, tmp_path) == {}  # off: nothing exported
 
 
 def test_the_extension_cache_is_per_user_and_the_first_build_is_announced(
@@ -133,14 +145,22 @@ def test_the_extension_cache_is_per_user_and_the_first_build_is_announced(
     clean_env.delenv("TORCH_EXTENSIONS_DIR", raising=False)
     clean_env.setenv("HOME", str(tmp_path))
     root = prepare_extensions(announce=True)
-    assert os.environ["TORCH_EXTENSIONS_DIR"] == str(root) and root.is_relative_to(
-        tmp_path / ".cache" / "vqvdm_scale"
-    )
-    assert "DeepSpeed builds its ops into" in capsys.readouterr().out
-    (root / "op").mkdir()
-    (root / "op" / "op.so").write_bytes(b"")
+    assert os.environ["TORCH_EXTENSIONS_DIR"] == str(root) == str(default_extensions_dir())
+    assert root.is_relative_to(tmp_path / ".cache" / "vqvdm_scale" / "torch_extensions")
+    assert f"torch{torch.__version__.split('+')[0]}-py" in root.name and cpu_tag() in root.name
+    pending = pending_ops(root)
+    if sys.platform == "linux" and not torch.cuda.is_available():
+        assert pending == ["deepspeed_shm_comm"]  # what a CPU rank's DeepSpeed start compiles
+    out = capsys.readouterr().out
+    assert (f"DeepSpeed compiles {pending[0]} into {root} first" in out) if pending else out == ""
+    for name in pending:  # as torch leaves a finished build
+        (root / name).mkdir()
+        (root / name / f"{name}.so").write_bytes(b"")
+    assert pending_ops(root) == []
     prepare_extensions(announce=True)
     assert capsys.readouterr().out == ""  # built before: nothing to say
+    clean_env.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "mine"))
+    assert prepare_extensions(announce=False) == tmp_path / "mine"  # the user's choice wins
 
 
 def test_progress_is_plain_lines_when_stdout_is_not_a_terminal(capsys: pytest.CaptureFixture[str]) -> None:

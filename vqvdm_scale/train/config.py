@@ -29,8 +29,8 @@ class RunConfig:
             with an error within this time instead of waiting for ever.
         nccl_async_error_handling: TORCH_NCCL_ASYNC_ERROR_HANDLING (null = torch's default, 3: a failed
             or timed-out collective tears the rank down).
-        nccl_trace_buffer: TORCH_NCCL_TRACE_BUFFER_SIZE, the flight recorder's size (0 = off); with it on,
-            a timeout dumps each rank's last collectives to <run.dir>/nccl_trace/rank_<r>.
+        nccl_trace_buffer: TORCH_FR_BUFFER_SIZE, the flight recorder's size in collectives (0 = off); with
+            it on, a timeout dumps each rank's last collectives to <run.dir>/nccl_trace/rank_<r>.
     """
 
     dir: str = "runs/default"
