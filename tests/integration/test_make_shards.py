@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -245,6 +246,7 @@ def test_some_bad_inputs_still_write_every_planned_shard(
     assert (tmp_path / "out" / "shard-000000.tar").exists()  # empty, but kept: numbering is stable
     printed = capsys.readouterr().out
     assert "wrote 1 video in 1 shard to" in printed and "(0 of 2 shards already complete)" in printed
+    assert re.search(r"; [\d.]+s, [\d.]+ videos/s$", printed.strip())  # the summary has the throughput
 
 
 def test_npy_storage_and_keys(tmp_path: Path) -> None:

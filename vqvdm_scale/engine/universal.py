@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from vqvdm_scale.config import UserError
+from vqvdm_scale.engine.safe_load import allowed_types, safe_env
 
 UNIVERSAL_SUFFIX = "_universal"
 
@@ -40,10 +41,11 @@ def to_universal(folder: Path) -> Path:
         return out
     tmp = Path(str(out) + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    cmd = convert_command(folder)
+    # DeepSpeed's converter, run by this module's __main__ so that its loads are weights_only too
+    cmd = [sys.executable, "-m", "vqvdm_scale.engine.universal", *convert_command(folder)[3:]]
     cmd[cmd.index("--output_folder") + 1] = str(tmp)
     print(f"converting {folder} to a universal checkpoint for a new world size ...", flush=True)
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    done = subprocess.run(cmd, capture_output=True, text=True, env=safe_env())
     if done.returncode != 0 or not (tmp / "zero").is_dir():
         tail = " ".join((done.stderr or done.stdout).strip().splitlines()[-1:])
         raise UserError(
@@ -53,3 +55,11 @@ def to_universal(folder: Path) -> Path:
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return out
+
+
+if __name__ == "__main__":  # ds_to_universal with every torch.load weights_only and the allowlist
+    import torch
+    from deepspeed.checkpoint import ds_to_universal
+
+    torch.serialization.add_safe_globals(allowed_types())
+    ds_to_universal.main(ds_to_universal.parse_arguments())

@@ -41,7 +41,6 @@ from typing import Any, Literal, Optional
 import torch
 import torch.distributed as dist
 from fsspec.core import url_to_fs
-from tqdm import tqdm
 
 from vqvdm_scale.config import ConfigError, UserError
 from vqvdm_scale.config.text import plural
@@ -62,6 +61,7 @@ from vqvdm_scale.formats.shard_io import MANIFEST_NAME, join_url, publish_shard,
 from vqvdm_scale.formats.tokenizer_export import load_tokenizer
 from vqvdm_scale.formats.video_shards import shard_entries
 from vqvdm_scale.models.tokenizer.vqgan import VQTokenizer
+from vqvdm_scale.monitor.progress import JobProgress
 from vqvdm_scale.prep.encode_manifest import finish_range, write_manifest
 from vqvdm_scale.prep.encode_windows import DecodePool, prepare_job
 from vqvdm_scale.prep.latent_writer import ErrorLog, ShardEncoder, chunks
@@ -181,7 +181,7 @@ def _encode_shard(
     fs: Any,
     root: str,
     pool: Optional[DecodePool],
-    bar: tqdm,
+    bar: JobProgress,
     rank: int,
 ) -> dict[str, Any]:
     """Write one latent shard (tmp tar -> sidecar -> rename) from one input shard; returns the sidecar."""

@@ -277,7 +277,7 @@ def main(cfg: ShardsConfig) -> dict[str, Any]:
         print("make_shards: memory:// lives in one process; writing inline instead of with worker processes")
         workers = 0
     bar = progress_bar(len(listing.items), "make_shards", cfg.progress)
-    bar.update(sum(len(tasks[i].items) for i in sidecars))
+    bar.skip(sum(len(tasks[i].items) for i in sidecars))  # done by an earlier run
     for task, sidecar in run_jobs(todo, _write_shard, workers):
         sidecars[task.index] = sidecar
         bar.update(len(task.items))
@@ -312,10 +312,11 @@ def main(cfg: ShardsConfig) -> dict[str, Any]:
             f"make_shards: {which} skipped ({reasons}), so no shard was written; the reason for each input "
             f"is in {join_url(cfg.output, MANIFEST_NAME)}"
         )
+    elapsed, read = time.time() - start, sum(len(task.items) for task in todo)  # read by this run
     print(
         f"make_shards: wrote {plural(manifest['num_samples'], 'video')} in {plural(len(manifest['shards']), 'shard')} "
         f"to {cfg.output} ({len(tasks) - len(todo)} of {plural(len(tasks), 'shard')} already complete); skipped "
-        f"{len(skipped)} ({reasons}); {time.time() - start:.1f}s",
+        f"{len(skipped)} ({reasons}); {elapsed:.1f}s, {read / max(elapsed, 1e-9):.1f} videos/s",
         flush=True,
     )
     return manifest

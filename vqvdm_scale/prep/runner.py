@@ -16,9 +16,9 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Optional, Protocol, TypeVar
 
 import fsspec
-from tqdm import tqdm
 
 from vqvdm_scale.formats.shard_io import finished_sidecar, mp_context, remove_tmps
+from vqvdm_scale.monitor.progress import JobProgress
 
 __all__ = ["Job", "count_reasons", "plan_hash", "progress_bar", "remove_strays", "run_jobs", "split_finished"]
 
@@ -108,6 +108,6 @@ def remove_strays(fs: fsspec.AbstractFileSystem, root: str, jobs: Iterable[Job])
 
 def progress_bar(
     total: Optional[int], desc: str, enabled: bool, unit: str = "video", position: int = 0
-) -> tqdm:
-    """The jobs' progress bar (off with progress=false)."""
-    return tqdm(total=total, unit=unit, desc=desc, disable=not enabled, position=position, leave=True)
+) -> JobProgress:
+    """The jobs' progress: a bar on a terminal, a line a minute in a log (off with progress=false)."""
+    return JobProgress(total, desc, enabled, unit=unit, position=position)

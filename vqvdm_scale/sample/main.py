@@ -8,12 +8,12 @@ files by the global index, so ranks never collide. Video ``i`` is made in a batc
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 import torch
-from tqdm import tqdm
 
 from vqvdm_scale.config import ConfigError, UserError, to_dict
 from vqvdm_scale.engine.checkpoint import complete_checkpoints, latest_checkpoint
@@ -28,6 +28,7 @@ from vqvdm_scale.engine.env import (
 )
 from vqvdm_scale.formats.ldm_export import EMA_FILE, load_ema
 from vqvdm_scale.formats.tokenizer_export import load_tokenizer
+from vqvdm_scale.monitor.progress import JobProgress, duration, is_terminal
 from vqvdm_scale.sample.api import SampleConfig, decode_latents, generate_latents, write_videos
 
 
@@ -110,6 +111,7 @@ def _checkpoint_ema(ckpt: Path) -> Path:
 def main(cfg: SampleRunConfig) -> list[Path]:
     """Sample this rank's share of videos; return the mp4 paths it wrote."""
     ema_path = cfg.ema_path()  # a wrong --run / --checkpoint is said before any process group starts
+    t0 = time.perf_counter()
     init_distributed()
     rank, world = get_rank(), get_world_size()
     device = pick_device(cfg.device)
@@ -135,9 +137,8 @@ def main(cfg: SampleRunConfig) -> list[Path]:
     mine = [i for i in range(cfg.num_videos) if i % world == rank]
     fps = cfg.fps or sm.spec.fps
     paths: list[Path] = []
-    bar = tqdm(
-        total=len(mine), desc=f"sample rank {rank}", position=rank, disable=not cfg.progress, unit="video"
-    )
+    bar = JobProgress(len(mine), f"sample rank {rank}", cfg.progress, position=rank)
+    steps_bar = cfg.progress and is_terminal()  # the sampler's per-step bar: on a terminal only
     for start in range(0, len(mine), cfg.batch_size):
         idx = mine[start : start + cfg.batch_size]
         if cfg.all_classes or cfg.class_id is None:
@@ -146,7 +147,7 @@ def main(cfg: SampleRunConfig) -> list[Path]:
             labels = [cfg.class_id] * len(idx)
         g = torch.Generator(device=device).manual_seed(cfg.sample.seed * 1_000_003 + idx[0])
         y = torch.tensor(labels, device=device)
-        z = generate_latents(sm.net, sm.diffusion, sm.spec, y, cfg.sample, generator=g, progress=cfg.progress)
+        z = generate_latents(sm.net, sm.diffusion, sm.spec, y, cfg.sample, generator=g, progress=steps_bar)
         video = decode_latents(tokenizer, z, sm.spec, cfg.sample.quantize)
         names = [
             f"video_{i:05d}_class{c:03d}_{_slug(sm.classes, c)}" for i, c in zip(idx, labels, strict=True)
@@ -169,7 +170,11 @@ def main(cfg: SampleRunConfig) -> list[Path]:
             )
         )
     barrier()
-    print0(f"wrote {cfg.num_videos} videos ({cfg.sample.num_clips} clip(s) each) to {out}")
+    wall = time.perf_counter() - t0
+    print0(
+        f"sample: wrote {cfg.num_videos} videos ({cfg.sample.num_clips} clip(s) each) to {out} on "
+        f"{world} rank(s) in {duration(wall)}, {cfg.num_videos / max(wall, 1e-9):.2f} videos/s"
+    )
     return paths
 
 

@@ -22,6 +22,8 @@ class RunConfig:
         keep_last: how many checkpoints to keep.
         media_every: reconstruction/sample videos in TensorBoard every N steps (0 = off).
         max_nonfinite: stop after this many non-finite losses in a row.
+        restart: train from step 0 even though run.dir holds checkpoints none of which is complete
+            (without it such a run dir is refused rather than silently restarted).
         save_on_interrupt: a first Ctrl-C finishes the step, saves and leaves (false: stop at once, unsaved).
         start_timeout_s: bound on collectives until the first step is done (start-up may wait for a JIT
             op build or a slow first load on another rank).
@@ -45,6 +47,7 @@ class RunConfig:
     progress: bool = True
     stop_after: Optional[int] = None
     save_on_interrupt: bool = True
+    restart: bool = False
     start_timeout_s: float = 1800.0
     step_timeout_s: float = 600.0
     nccl_async_error_handling: Optional[int] = None

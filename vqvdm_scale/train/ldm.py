@@ -206,6 +206,10 @@ class LDMTrainer(Trainer):
             )
         barrier()
 
+    def exports_missing(self, directory: Path) -> bool:
+        """The checkpoint has no ``ema.safetensors`` (written by a version that exported after COMPLETE)."""
+        return not (directory / EMA_FILE).is_file()
+
     @torch.no_grad()
     def media(self, step: int) -> None:
         """A few class-conditional samples from the EMA weights, decoded by the tokenizer (rank 0)."""

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from vqvdm_scale.config import UserError, dump_config, to_dict
-from vqvdm_scale.engine.checkpoint import load_checkpoint, save_checkpoint
+from vqvdm_scale.engine.checkpoint import any_checkpoint, load_checkpoint, save_checkpoint
 from vqvdm_scale.engine.config import TrainConfig
 from vqvdm_scale.engine.deepspeed_engine import deepspeed_config
 from vqvdm_scale.engine.ema import EMA
@@ -126,6 +126,7 @@ class Trainer(ABC):
         self.ema_source: nn.Module | None = None  # set by build(): the module the EMA averages
         self.ema: EMA | None = None
         self.loader: Any = None
+        self.resumed_from: Path | None = None  # the checkpoint this invocation resumed from (never pruned)
         # Each rank gets its own stream of randomness, reproducible from the run seed.
         seed_everything(self.run_cfg.seed + 1000 * self.rank)
         self.lock = RunLock(self.run_dir)
@@ -176,7 +177,11 @@ class Trainer(ABC):
         """Work after the last step (exports)."""
 
     def on_checkpoint(self, directory: Path | None) -> None:
-        """Work after each checkpoint (``directory`` is the new checkpoint; every rank calls it)."""
+        """Exports a checkpoint promises, written into ``directory`` before it is marked COMPLETE (every rank)."""
+
+    def exports_missing(self, directory: Path) -> bool:
+        """True when ``directory`` lacks an export :meth:`on_checkpoint` writes (a re-run repairs it)."""
+        return False
 
     # ---- shared machinery ------------------------------------------------------------------------
     def micro_step(self, batch: Any) -> dict[str, float] | None:
@@ -221,15 +226,28 @@ class Trainer(ABC):
         if self.ema is not None:
             client["ema"] = self.ema.state_dict()
         per_rank = {"rng": rng_state(), "loader": client["loader"]}
-        d = save_checkpoint(self.engines, self.ckpt_dir, self.step, client, per_rank, self.run_cfg.keep_last)
-        self.on_checkpoint(d)
+        save_checkpoint(
+            self.engines,
+            self.ckpt_dir,
+            self.step,
+            client,
+            per_rank,
+            self.run_cfg.keep_last,
+            exports=self.on_checkpoint,  # written before COMPLETE: a complete checkpoint has its exports
+            keep=self.resumed_from,
+        )
 
     def resume(self) -> dict[str, Any] | None:
         """Load the latest complete checkpoint if there is one; return the loader state to resume."""
         loaded = load_checkpoint(self.engines, self.ckpt_dir)
         if loaded is None:
+            if any_checkpoint(self.ckpt_dir) and not self.run_cfg.restart:
+                raise UserError(
+                    f"{self.ckpt_dir} holds checkpoints but none is complete (every save was interrupted?); "
+                    "set run.restart=true to train from step 0 anyway, or point run.dir elsewhere"
+                )
             return None
-        client, per_rank = loaded
+        self.resumed_from, client, per_rank = loaded
         self.step = int(client["step"])
         self.nonfinite_total = int(client.get("nonfinite_total", 0))
         if self.ema is not None and client.get("ema"):
@@ -265,6 +283,11 @@ class Trainer(ABC):
         max_steps = self.train_cfg.max_steps
         if self.step >= max_steps:
             print0(f"{self.run_dir} already finished at step {self.step}")
+            if self.resumed_from is not None and self.exports_missing(self.resumed_from):
+                print0(
+                    f"repairing the exports of {self.resumed_from} (an earlier run stopped before writing them)"
+                )
+                self.on_checkpoint(self.resumed_from)
             self.finish()
             return self.run_dir
         if self.step == 0 and is_main():
