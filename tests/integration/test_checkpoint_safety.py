@@ -163,3 +163,19 @@ def test_a_universal_resume_refuses_a_planted_file_too(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="not plain tensor data"):
         _train(run, "train.max_steps=4")
     assert not marker.exists()
+
+
+def test_tensorboard_keeps_one_point_per_step_after_a_resume_that_redoes_steps(tmp_path: Path) -> None:
+    import shutil
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "run"
+    _train(run, "train.max_steps=8", "run.stop_after=6", "run.ckpt_every=4")
+    root = run / "checkpoints"
+    shutil.rmtree(root / "step_00000006")  # as if killed after logging step 6, before its checkpoint
+    (root / LATEST).write_text("step_00000004")
+    _train(run, "train.max_steps=8", "run.ckpt_every=4")
+    acc = EventAccumulator(str(run / "tb"), size_guidance={"scalars": 0})
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("train/loss")] == list(range(1, 9))  # steps 5 and 6 once, not twice

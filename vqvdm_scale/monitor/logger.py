@@ -38,12 +38,16 @@ class NullLogger:
 
 
 class TensorBoardLogger:
-    """TensorBoard event files under ``log_dir``."""
+    """TensorBoard event files under ``log_dir``.
 
-    def __init__(self, log_dir: str | Path) -> None:
+    ``purge_step``: a resumed run starts its new event file there, and TensorBoard drops what earlier files
+    logged from that step on (the steps a killed run logged after its last checkpoint, now redone).
+    """
+
+    def __init__(self, log_dir: str | Path, purge_step: int | None = None) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(str(log_dir))
+        self.writer = SummaryWriter(str(log_dir), purge_step=purge_step)
 
     def scalars(self, values: dict[str, float], step: int) -> None:
         """One scalar per key."""
@@ -86,6 +90,6 @@ class TensorBoardLogger:
         self.writer.close()
 
 
-def make_logger(log_dir: str | Path, enabled: bool) -> Logger:
+def make_logger(log_dir: str | Path, enabled: bool, purge_step: int | None = None) -> Logger:
     """TensorBoard on rank 0 (``enabled``), a no-op logger elsewhere."""
-    return TensorBoardLogger(log_dir) if enabled else NullLogger()
+    return TensorBoardLogger(log_dir, purge_step) if enabled else NullLogger()

@@ -279,6 +279,9 @@ class Trainer(ABC):
             self.ema = EMA(self.ema_source, self.train_cfg.ema_decay, holder=is_main())
         torch.manual_seed(self.run_cfg.seed + 1000 * self.rank + 1)  # back to this rank's own stream
         loader_state = self.resume()
+        if self.step > 0:  # steps a killed run logged past this checkpoint are redone: drop their old points
+            self.logger.close()
+            self.logger = make_logger(self.run_dir / "tb", is_main(), purge_step=self.step + 1)
         self.loader = self.build_loader(loader_state)
         max_steps = self.train_cfg.max_steps
         if self.step >= max_steps:
