@@ -51,6 +51,8 @@ def _run_logged(rank: int, world: int, run_dir: str, log_dir: str) -> dict[str, 
     fd = os.open(Path(log_dir) / f"rank{rank}.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
+    for key in [k for k in os.environ if k.startswith(("TORCH_NCCL_", "TORCH_FR_"))]:
+        del os.environ[key]  # a cluster's own defaults would win over the config
     overrides = [
         f"run.dir={run_dir}",
         "train.max_steps=4",
