@@ -73,6 +73,7 @@ from vqvdm_scale.prep.runner import (
     run_jobs,
     split_finished,
 )
+from vqvdm_scale.prep.worker_pool import Watch
 
 __all__ = ["EncodeConfig", "main", "output_names"]
 
@@ -176,6 +177,8 @@ def _plan_hash(cfg: EncodeConfig, fingerprint: str, source: str) -> str:
 
 def _encode_shard(
     task: _Task,
+    watch: Watch,
+    *,
     model: VQTokenizer,
     cfg: EncodeConfig,
     fs: Any,
@@ -184,7 +187,11 @@ def _encode_shard(
     bar: JobProgress,
     rank: int,
 ) -> dict[str, Any]:
-    """Write one latent shard (tmp tar -> sidecar -> rename) from one input shard; returns the sidecar."""
+    """Write one latent shard (tmp tar -> sidecar -> rename) from one input shard; returns the sidecar.
+
+    Runs inline (``watch`` skips nothing): the parallel part is the decode pool, which retries a video whose
+    decode worker died once, then skips it.
+    """
     errors = ErrorLog(task.url)
     skipped: list[dict[str, str]] = []
     videos = 0
@@ -198,8 +205,8 @@ def _encode_shard(
             for job, (status, payload) in zip(chunk, results, strict=True):
                 key = str(job[0].get("__key__"))
                 bar.update(1)
-                if status != "ok":
-                    skipped.append({"key": key, "reason": "corrupt", "detail": payload})
+                if status != "ok":  # "corrupt", or "worker_died" (a decode worker died on it twice)
+                    skipped.append({"key": key, "reason": status, "detail": payload})
                     continue
                 meta, fps, clips = payload
                 if not clips:

@@ -4,6 +4,7 @@ in a process pool where a crashing decoder costs one video instead of the job.""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Optional
@@ -13,6 +14,7 @@ import torch
 
 from vqvdm_scale.data.clips import crop_clip, decode_frames, eval_windows
 from vqvdm_scale.formats.shard_io import mp_context
+from vqvdm_scale.prep.worker_pool import DIED_TWICE
 
 
 def window_starts(num_frames: int, frames: int, stride: int, windows: Optional[int]) -> list[int]:
@@ -49,7 +51,10 @@ def video_windows(
 
 
 def prepare_job(job: tuple[dict[str, Any], int, int, int, Optional[int]]) -> tuple[str, Any]:
-    """Worker-side :func:`video_windows` that reports failures instead of raising (keeps the pool alive)."""
+    """Worker-side :func:`video_windows` that reports failures instead of raising (keeps the pool alive).
+
+    Returns ``("ok", (meta, fps, windows))`` or ``("corrupt", detail)``.
+    """
     sample, frames, stride, resolution, windows = job
     try:
         return "ok", video_windows(sample, frames, stride, resolution, windows)
@@ -58,10 +63,15 @@ def prepare_job(job: tuple[dict[str, Any], int, int, int, Optional[int]]) -> tup
 
 
 class DecodePool:
-    """Ordered video decoding in worker processes; a worker that dies (a decoder crash) costs only its video."""
+    """Ordered video decoding in worker processes; a worker that dies (a decoder crash, the out-of-memory
+    killer) costs its video a retry alone, then the video is skipped with reason ``worker_died``.
 
-    def __init__(self, workers: int) -> None:
+    ``prepare`` is the worker-side function (:func:`prepare_job`; tests give one that kills its worker).
+    """
+
+    def __init__(self, workers: int, prepare: Callable[[Any], tuple[str, Any]] = prepare_job) -> None:
         self.workers = workers
+        self.prepare = prepare
         self.executor = self._new()
 
     def _new(self) -> ProcessPoolExecutor:
@@ -74,18 +84,18 @@ class DecodePool:
         self.executor = self._new()
 
     def map(self, jobs: list[Any]) -> list[tuple[str, Any]]:
-        """``prepare_job`` of every job, in order."""
+        """``prepare`` of every job, in order: ``("ok", windows)`` or ``(reason, detail)`` of a skipped video."""
         try:
-            return list(self.executor.map(prepare_job, jobs))
+            return list(self.executor.map(self.prepare, jobs))
         except BrokenProcessPool:
             self._restart()
         out: list[tuple[str, Any]] = []
-        for job in jobs:  # one at a time, to find the video that kills its worker
+        for job in jobs:  # one at a time: a second death is the video's own
             try:
-                out.append(self.executor.submit(prepare_job, job).result())
+                out.append(self.executor.submit(self.prepare, job).result())
             except BrokenProcessPool:
                 self._restart()
-                out.append(("corrupt", "the decoder process crashed on this video"))
+                out.append(("worker_died", DIED_TWICE))
         return out
 
     def close(self) -> None:

@@ -10,7 +10,8 @@ byte-identical shards to an uninterrupted one. A re-run skips every shard whose 
 and plan match its sidecar, and redoes the rest.
 
 Bad inputs never stop the job: each video is skipped with a counted reason (``missing``, ``zero_byte``,
-``not_a_video``, ``decode_error``, ``too_short``, ``too_large``, ``error``). A decode error part-way through a
+``not_a_video``, ``decode_error``, ``too_short``, ``too_large``, ``error``, ``worker_died``: a worker process
+died on it twice, e.g. killed by the out-of-memory killer; see :mod:`~vqvdm_scale.prep.worker_pool`). A decode error part-way through a
 video skips it (the frames before the error may already be concealment garbage) unless ``keep_partial`` is
 set, in which case a prefix of at least ``min_frames`` frames is kept and listed under ``partial``.
 
@@ -54,6 +55,7 @@ from vqvdm_scale.prep.runner import (
     run_jobs,
     split_finished,
 )
+from vqvdm_scale.prep.worker_pool import Watch
 
 __all__ = [
     "ShardsConfig",
@@ -193,8 +195,11 @@ def make_sample(index: int, item: VideoItem, cfg: ShardsConfig) -> tuple[dict[st
     return sample, video.error
 
 
-def _write_shard(task: _ShardTask) -> dict[str, Any]:
-    """Write one shard (tmp tar -> sidecar -> rename); runs in a worker process. Returns the sidecar."""
+def _write_shard(task: _ShardTask, watch: Watch) -> dict[str, Any]:
+    """Write one shard (tmp tar -> sidecar -> rename); runs in a worker process. Returns the sidecar.
+
+    ``watch`` is told which video the worker is on, and names the videos a dead worker was on twice.
+    """
     cfg = task.cfg
     fs, root = url_to_fs(cfg.output)
     name = task.name
@@ -203,6 +208,11 @@ def _write_shard(task: _ShardTask) -> dict[str, Any]:
     count = 0
     with shard_writer(fs, root, name) as (writer, out):
         for offset, item in enumerate(task.items):
+            watch.enter(offset)
+            died = watch.skipped(offset)
+            if died is not None:
+                skipped.append({"source": item.rel, "reason": "worker_died", "detail": died})
+                continue
             try:
                 sample, note = make_sample(task.first + offset, item, cfg)
             except SkipVideo as e:

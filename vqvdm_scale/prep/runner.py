@@ -17,8 +17,9 @@ from typing import Any, Optional, Protocol, TypeVar
 
 import fsspec
 
-from vqvdm_scale.formats.shard_io import finished_sidecar, mp_context, remove_tmps
+from vqvdm_scale.formats.shard_io import finished_sidecar, remove_tmps
 from vqvdm_scale.monitor.progress import JobProgress
+from vqvdm_scale.prep.worker_pool import Watch, run_watched
 
 __all__ = ["Job", "count_reasons", "plan_hash", "progress_bar", "remove_strays", "run_jobs", "split_finished"]
 
@@ -83,22 +84,19 @@ def split_finished(
     return done, todo
 
 
-def _indexed(write: Callable[[J], dict[str, Any]], job: J) -> tuple[int, dict[str, Any]]:
-    return job.index, write(job)
-
-
 def run_jobs(
-    todo: Sequence[J], write: Callable[[J], dict[str, Any]], workers: int = 0
+    todo: Sequence[J], write: Callable[[J, Watch], dict[str, Any]], workers: int = 0
 ) -> Iterator[tuple[J, dict[str, Any]]]:
-    """Run ``write`` on every job: inline, or on ``workers`` > 1 processes (as each finishes)."""
+    """Run ``write(job, watch)`` on every job: inline, or on ``workers`` > 1 processes (as each finishes).
+
+    On processes, a worker that dies (the out-of-memory killer) costs a retry, then the input it was on
+    (:func:`~vqvdm_scale.prep.worker_pool.run_watched`); inline, the watch skips nothing.
+    """
     if workers > 1 and len(todo) > 1:
-        by_index = {job.index: job for job in todo}
-        with mp_context().Pool(min(workers, len(todo))) as pool:
-            for index, sidecar in pool.imap_unordered(functools.partial(_indexed, write), todo):
-                yield by_index[index], sidecar
+        yield from run_watched(todo, write, workers)
     else:
         for job in todo:
-            yield job, write(job)
+            yield job, write(job, Watch())
 
 
 def remove_strays(fs: fsspec.AbstractFileSystem, root: str, jobs: Iterable[Job]) -> None:
