@@ -18,16 +18,26 @@ passing ``quantizer.codebook`` instead of the l2-normalised ``quantizer.codes()`
 The latent manifest's tokenizer fingerprint must equal the fingerprint of the tokenizer the run decodes
 with, else :func:`build_latent_loader` raises. This module imports neither PyAV nor the video decoder.
 
+Trust: each manifest is checked in itself (store, dtype, shapes, finite statistics with std > 0) and
+against the first sample of one of its shards (a dtype or shape the shards do not hold), when read. With
+``data.verify`` (the default) every shard is checked against the sha256 its manifest records when a
+reader opens it, not at startup: hashing a whole cache up front would read every byte of a possibly huge
+object-store cache once more on every rank, while a reader reads its shards anyway, so checking them as
+they are opened costs only the hashing, spread over all readers. An altered shard is named in a warning,
+counted among the loader's errors and skipped (as a broken tar is), before any of its samples is used.
+
 Not implemented: a ``previous_clip`` context (the previous window of the same video) - it needs a
 key-addressed lookup across shards, which a streaming tar pipeline does not give cheaply.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import posixpath
 import random
+import tarfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -37,15 +47,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from vqvdm_scale.config.core import ConfigError
+from vqvdm_scale.config.core import ConfigError, UserError
 from vqvdm_scale.data.loader import LoaderState, ResumableLoader
-from vqvdm_scale.data.reader import StreamConfig
+from vqvdm_scale.data.reader import ReaderSpec, SampleDecode, StreamConfig
 from vqvdm_scale.data.urls import resolve_shards
-from vqvdm_scale.formats.fs import read_manifest
+from vqvdm_scale.formats.fs import MANIFEST_NAME, join_url, open_url, read_manifest
 from vqvdm_scale.formats.latent_shards import (
     LATENT_FORMAT,
+    REENCODE,
     LatentStats,
     check_fingerprint,
+    check_latent_manifest,
     codebook_sha256,
     merge_manifests,
 )
@@ -56,6 +68,7 @@ __all__ = [
     "LatentLoaderConfig",
     "build_latent_loader",
     "read_latent_manifest",
+    "shard_checksums",
 ]
 
 
@@ -67,9 +80,54 @@ class LatentLoaderConfig(StreamConfig):
     """Where the latent shards are (stage 2's data config), plus the shared stream options."""
 
     train_latents: str = ""  # latent dir with manifest.json, brace pattern, or comma-separated list
+    verify: bool = True  # check each shard against its manifest's sha256 when a reader opens it
 
 
 # ------------------------------------------------------------------------------------- manifest helpers
+
+
+def _dir_of(url: str) -> str:
+    return posixpath.dirname(url) or "."
+
+
+def _cache_manifests(spec: str | Sequence[str]) -> tuple[list[str], dict[str, dict[str, Any]]]:
+    """The shard URLs of ``spec`` and the checked manifest of each folder they lie in."""
+    urls = resolve_shards(spec)
+    manifests: dict[str, dict[str, Any]] = {}
+    for d in dict.fromkeys(_dir_of(u) for u in urls):
+        m = read_manifest(d)
+        if m.get("format") != LATENT_FORMAT:
+            raise ValueError(
+                f"{d}/manifest.json has format {m.get('format')!r}, not {LATENT_FORMAT!r}: these are not latent "
+                "shards (video shards go to the clip loader; encode them with data_prep/encode_latents.py)"
+            )
+        check_latent_manifest(m, join_url(d, MANIFEST_NAME))
+        _check_shards_hold(m, [u for u in urls if _dir_of(u) == d])
+        manifests[d] = m
+    return urls, manifests
+
+
+def _check_shards_hold(manifest: dict[str, Any], urls: Sequence[str], tries: int = 3) -> None:
+    """UserError unless the first readable sample of the cache's shards has the manifest's dtype and shape.
+
+    Reads one member of one shard (a few KB); unreadable shards are left to the loader, which counts them.
+    """
+    want = (np.dtype(str(manifest["dtype"])), tuple(int(s) for s in manifest["sample_shape"]))
+    for url in urls[:tries]:
+        try:
+            with open_url(url, "rb") as f, tarfile.open(fileobj=f, mode="r|") as tar:
+                member = next(m for m in tar if m.isfile() and m.name.endswith(".npy"))
+                data = tar.extractfile(member).read()  # type: ignore[union-attr]
+            arr = np.load(io.BytesIO(data), allow_pickle=False)
+        except Exception:  # noqa: BLE001 - a broken shard is the loader's to count; try the next
+            continue
+        if (arr.dtype, tuple(arr.shape)) != want:
+            raise UserError(
+                f"latent shard {url} holds {arr.dtype} {list(arr.shape)} samples, but its manifest says store "
+                f"{manifest['store']!r} as {want[0]} {list(want[1])}: the manifest does not belong to these "
+                f"shards; {REENCODE}"
+            )
+        return
 
 
 def read_latent_manifest(spec: str | Sequence[str]) -> dict[str, Any]:
@@ -77,19 +135,30 @@ def read_latent_manifest(spec: str | Sequence[str]) -> dict[str, Any]:
 
     Shards named by pattern or list are matched to the ``manifest.json`` beside them. Caches from several
     directories must agree on tokenizer, store and shape; their statistics are pooled from the sums.
+    Each manifest is checked in itself and against one sample of its shards (UserError naming it).
     """
-    urls = resolve_shards(spec)
-    dirs = list(dict.fromkeys(posixpath.dirname(u) or "." for u in urls))
-    manifests = []
-    for d in dirs:
-        m = read_manifest(d)
-        if m.get("format") != LATENT_FORMAT:
-            raise ValueError(
-                f"{d}/manifest.json has format {m.get('format')!r}, not {LATENT_FORMAT!r}: these are not latent "
-                "shards (video shards go to the clip loader; encode them with data_prep/encode_latents.py)"
+    _, manifests = _cache_manifests(spec)
+    return merge_manifests(list(manifests.values()), list(manifests))
+
+
+def shard_checksums(urls: Sequence[str], manifests: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """Shard URL -> the sha256 its folder's manifest records; UserError for a shard the manifest lacks."""
+    recorded = {
+        join_url(d, str(e["name"])): str(e["sha256"])
+        for d, m in manifests.items()
+        for e in m["shards"]
+        if isinstance(e, dict) and "name" in e and e.get("sha256")
+    }
+    out = {}
+    for url in urls:
+        key = join_url(_dir_of(url), posixpath.basename(url))
+        if key not in recorded:
+            raise UserError(
+                f"latent shard {url} is not listed with a sha256 in {join_url(_dir_of(url), MANIFEST_NAME)}, so it "
+                "cannot be checked: give the cache folder instead of its files, or set data.verify=false"
             )
-        manifests.append(m)
-    return merge_manifests(manifests, dirs)
+        out[url] = recorded[key]
+    return out
 
 
 # ------------------------------------------------------------------------------------------- the decode
@@ -136,8 +205,25 @@ class LatentLoader(ResumableLoader):
     "key": list[str]}``; ``stats["errors"]`` counts corrupt samples/shards.
     """
 
-    manifest: dict[str, Any]
     label = "latents "
+
+    def __init__(
+        self,
+        cfg: LatentLoaderConfig,
+        urls: list[str],
+        decode: SampleDecode,
+        *,
+        manifest: dict[str, Any],
+        checksums: dict[str, str],
+        **kw: Any,
+    ) -> None:
+        super().__init__(cfg, urls, decode, **kw)
+        self.manifest = manifest
+        self.checksums = checksums  # shard URL -> sha256; empty: shards are not checked (data.verify=false)
+
+    def _reader(self) -> ReaderSpec:
+        """The readers' description, with the shards' sha256 for them to check."""
+        return dataclasses.replace(super()._reader(), checksums=self.checksums)
 
 
 def build_latent_loader(
@@ -164,8 +250,9 @@ def build_latent_loader(
         raise ConfigError(
             "data.train_latents is not set: give the latent shard directory (with manifest.json)"
         )
-    urls = resolve_shards(cfg.train_latents)
-    manifest = read_latent_manifest(cfg.train_latents)
+    urls, manifests = _cache_manifests(cfg.train_latents)
+    manifest = merge_manifests(list(manifests.values()), list(manifests))
+    checksums = shard_checksums(urls, manifests) if cfg.verify else {}
     check_fingerprint(manifest, tokenizer_fingerprint, where=cfg.train_latents)
     if manifest["store"] == "indices":
         if codebook is None:
@@ -181,10 +268,15 @@ def build_latent_loader(
                 "the codebook passed differs from the one the cache was encoded with; pass "
                 "tokenizer.quantizer.codes() (l2-normalised when the tokenizer normalises), not the raw buffer"
             )
-    decode = LatentDecode(manifest, codebook)
-    loader = LatentLoader(
-        cfg, urls, decode, batch_size=batch_size, rank=rank, world_size=world_size, train=train, state=state
+    return LatentLoader(
+        cfg,
+        urls,
+        LatentDecode(manifest, codebook),
+        manifest=manifest,
+        checksums=checksums,
+        batch_size=batch_size,
+        rank=rank,
+        world_size=world_size,
+        train=train,
+        state=state,
     )
-
-    loader.manifest = manifest
-    return loader

@@ -4,7 +4,8 @@ One reader = one DataLoader worker of one rank; its stream, after open_clip's la
 
     shard list -> seeded shuffle by (seed, epoch) | ResampledShards   (same order on every rank)
       -> split by rank (explicit rank/world_size, not read from torch.distributed)
-      -> split by worker -> fsspec open -> tar samples (errors counted, never raised)
+      -> split by worker -> fsspec open (-> sha256 checked against the manifest's) -> tar samples
+         (errors counted, never raised)
       -> sample shuffle buffer (train) -> number samples, skip the ones a resumed run already used
 
 Every seed is :func:`mix_seed` of (seed, epoch, ...), so the stream is a pure function of the layout.
@@ -15,9 +16,10 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import logging
 import random
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from itertools import islice
 from typing import Any, Optional
 
@@ -32,6 +34,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "ErrorCounter",
+    "ShardChecksumError",
     "check_enough_shards",
     "fsspec_open_shards",
     "mix_seed",
@@ -65,15 +68,43 @@ class ErrorCounter:
         return True
 
 
+class ShardChecksumError(ValueError):
+    """A shard whose bytes do not hash to the sha256 its manifest records (counted and skipped, like a bad tar)."""
+
+
+def read_verified(stream: Any, url: str, sha256: str) -> io.BytesIO:
+    """The whole of ``stream`` in memory, if it hashes to ``sha256``; else :class:`ShardChecksumError` naming ``url``.
+
+    The shard is read before any of its samples is used: a mismatch found at its end would come after its
+    samples had been trained on. Holding one shard per reader is cheap for latent shards (code indices).
+    """
+    data = stream.read()
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != sha256:
+        raise ShardChecksumError(
+            f"shard {url} hashes to sha256 {actual[:16]}..., its manifest records {sha256[:16]}...: it is "
+            "corrupt or was changed after writing (re-run the writer, which redoes such shards); skipped"
+        )
+    return io.BytesIO(data)
+
+
 def fsspec_open_shards(
-    data: Iterable[dict[str, Any]], handler: Callable[[BaseException], bool]
+    data: Iterable[dict[str, Any]],
+    handler: Callable[[BaseException], bool],
+    checksums: Optional[Mapping[str, str]] = None,
 ) -> Iterator[dict[str, Any]]:
-    """Webdataset url opener through fsspec: ``{"url"}`` -> ``{"url", "stream"}`` for any fsspec URL."""
+    """Webdataset url opener through fsspec: ``{"url"}`` -> ``{"url", "stream"}`` for any fsspec URL.
+
+    A URL in ``checksums`` is read whole and checked against its sha256 (:func:`read_verified`) first.
+    """
     for item in data:
         url = item["url"]
         try:
             stream = open_url(url, "rb")
-        except Exception as exn:  # noqa: BLE001 - a missing/unreadable shard is counted and skipped
+            if checksums and url in checksums:
+                with stream:
+                    stream = read_verified(stream, url, checksums[url])
+        except Exception as exn:  # noqa: BLE001 - a missing/unreadable/altered shard is counted and skipped
             exn.args = (*exn.args, url)
             if handler(exn):
                 continue
@@ -132,6 +163,7 @@ def shard_sample_pipeline(
     skip: int = 0,
     handler: Optional[Callable[[BaseException], bool]] = None,
     exclude: frozenset[tuple[str, str]] = frozenset(),
+    checksums: Optional[Mapping[str, str]] = None,
 ) -> wds.DataPipeline:
     """Raw tar samples (dicts of bytes + ``__key__``, ``__url__``, ``__index__``) for one reader.
 
@@ -140,8 +172,9 @@ def shard_sample_pipeline(
     Resampled mode: shards drawn with replacement from all shards by an RNG of (seed, epoch, reseed,
     rank, worker). ``exclude`` drops samples before the shuffle buffer (what the ranks of an earlier
     world size used this epoch), ``skip`` drops the first samples after it (resume). Tar and open
-    errors go to ``handler`` (default: an :class:`ErrorCounter`). A latent loader continues this
-    pipeline with its own decode.
+    errors, and shards that do not hash to their sha256 in ``checksums`` (URL -> sha256; a URL not in
+    it is not checked), go to ``handler`` (default: an :class:`ErrorCounter`). A latent loader
+    continues this pipeline with its own decode.
     """
     if not urls:
         raise ValueError("shard_sample_pipeline needs at least one shard URL")
@@ -161,7 +194,7 @@ def shard_sample_pipeline(
         stages.append(functools.partial(split_by_rank, rank=rank, world_size=world_size))
         stages.append(functools.partial(split_by_rank, rank=worker, world_size=num_workers))
     stages += [
-        functools.partial(fsspec_open_shards, handler=handler),
+        functools.partial(fsspec_open_shards, handler=handler, checksums=checksums),
         functools.partial(tar_file_expander, handler=handler),
         functools.partial(group_by_keys, handler=handler),
     ]
@@ -175,7 +208,13 @@ def shard_sample_pipeline(
 
 
 def consumed_samples(
-    urls: Sequence[str], layouts: Sequence[dict[str, Any]], *, seed: int, epoch: int, shuffle_buffer: int
+    urls: Sequence[str],
+    layouts: Sequence[dict[str, Any]],
+    *,
+    seed: int,
+    epoch: int,
+    shuffle_buffer: int,
+    checksums: Optional[Mapping[str, str]] = None,
 ) -> frozenset[tuple[str, str]]:
     """``(url, key)`` of every sample the readers of earlier layouts of this epoch used, in order.
 
@@ -192,7 +231,7 @@ def consumed_samples(
             for worker in range(workers):
                 stream = shard_sample_pipeline(
                     urls, rank=rank, world_size=world, worker=worker, num_workers=workers, seed=seed,
-                    epoch=epoch, shuffle_buffer=shuffle_buffer, exclude=before,
+                    epoch=epoch, shuffle_buffer=shuffle_buffer, exclude=before, checksums=checksums,
                     handler=ErrorCounter(f"replay rank {rank} worker {worker}"),
                 )  # fmt: skip
                 for sample in islice(stream, int(layout["cursors"][rank][worker])):

@@ -97,6 +97,7 @@ class ReaderSpec:
     cursors: list[int]
     worker_offset: int
     consumed: list[dict[str, Any]] = field(default_factory=list)  # earlier layouts of this epoch
+    checksums: dict[str, str] = field(default_factory=dict)  # shard URL -> sha256 checked on open
 
     def open(self, label: str) -> tuple[int, ErrorCounter, Iterator[dict[str, Any]]]:
         """(worker index, its error counter, its raw samples) for the DataLoader worker this runs in."""
@@ -109,7 +110,12 @@ class ReaderSpec:
         exclude = frozenset[tuple[str, str]]()
         if self.consumed:
             exclude = consumed_samples(
-                self.urls, self.consumed, seed=self.seed, epoch=self.epoch, shuffle_buffer=self.shuffle_buffer
+                self.urls,
+                self.consumed,
+                seed=self.seed,
+                epoch=self.epoch,
+                shuffle_buffer=self.shuffle_buffer,
+                checksums=self.checksums,
             )
         samples = shard_sample_pipeline(
             self.urls,
@@ -126,6 +132,7 @@ class ReaderSpec:
             skip=self.cursors[worker],
             handler=counter,
             exclude=exclude,
+            checksums=self.checksums,
         )
         return worker, counter, iter(samples)
 

@@ -176,6 +176,49 @@ def latent_manifest(
     }
 
 
+REENCODE = "re-run data_prep/encode_latents.py (it rewrites manifest.json from the shards' sidecars)"
+
+
+def check_latent_manifest(manifest: dict[str, Any], where: str) -> None:
+    """UserError naming ``where`` unless the manifest's store, dtype, shapes and statistics agree.
+
+    Catches what an edited or foreign manifest would otherwise turn into NaN losses (a zero std) or into
+    every sample being skipped (a dtype the writer never uses for its store).
+    """
+    store, shape = manifest.get("store"), manifest.get("latent_shape")
+    if store not in ("indices", "latents"):
+        raise UserError(f"{where}: store is {store!r}, expected 'indices' or 'latents'; {REENCODE}")
+    if not (isinstance(shape, list) and len(shape) == 4 and all(isinstance(s, int) and s > 0 for s in shape)):
+        raise UserError(
+            f"{where}: latent_shape {shape!r} is not four positive sizes [D, t, h, w]; {REENCODE}"
+        )
+    if store == "indices":
+        dtype, sample_shape = index_dtype(int(manifest.get("codebook_size") or 0)), shape[1:]
+    else:
+        dtype, sample_shape = "float16", shape
+    if manifest.get("dtype") != dtype or manifest.get("sample_shape") != sample_shape:
+        raise UserError(
+            f"{where}: store {store!r} is written as dtype {dtype} {sample_shape}, but the manifest says dtype "
+            f"{manifest.get('dtype')!r} {manifest.get('sample_shape')!r}; {REENCODE}"
+        )
+    stats = manifest.get("stats") if isinstance(manifest.get("stats"), dict) else {}
+    for key in ("mean", "std"):
+        values = stats.get(key)
+        if not isinstance(values, list) or len(values) != shape[0]:
+            raise UserError(f"{where}: stats.{key} is not a list of {shape[0]} channel values; {REENCODE}")
+        bad = [
+            c
+            for c, v in enumerate(values)
+            if not isinstance(v, (int, float)) or not math.isfinite(v) or (key == "std" and v <= 0)
+        ]
+        if bad:
+            what = "finite and > 0" if key == "std" else "finite"
+            raise UserError(
+                f"{where}: stats.{key} of channel(s) {bad} is {[values[c] for c in bad]}, must be {what} "
+                f"(the loader divides by std); {REENCODE}"
+            )
+
+
 def index_dtype(codebook_size: int) -> str:
     """The numpy dtype code indices are stored in: int16 while K fits, else int32."""
     return "int16" if codebook_size <= 2**15 else "int32"
