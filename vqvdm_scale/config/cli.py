@@ -31,6 +31,7 @@ from vqvdm_scale.config.core import (
     to_dict,
     type_name,
 )
+from vqvdm_scale.config.text import redact
 
 T = TypeVar("T")
 PathKind = Literal["file", "dir", "any"]
@@ -66,7 +67,7 @@ FlagSpec = Union[str, Flag]
 def fail(error: BaseException, status: int = 2) -> NoReturn:
     """Print ``error`` as one line on stderr and exit with ``status`` (2: a user mistake)."""
     prefix = "config error" if isinstance(error, ConfigError) else "error"
-    text = " ".join(str(error).split()) or type(error).__name__
+    text = redact(" ".join(str(error).split())) or type(error).__name__
     sys.stderr.write(f"{prefix}: {text}\n")
     sys.stderr.flush()
     sys.exit(status)
@@ -234,7 +235,7 @@ def parse_cli(
     except UserError as e:
         fail(e)
     if args.dry_run:
-        print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+        print(yaml.safe_dump(redact(to_dict(cfg)), sort_keys=False), end="")
         sys.exit(0)
     try:
         for name, flag in spec.items():

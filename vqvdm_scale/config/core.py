@@ -16,6 +16,8 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_
 
 import yaml
 
+from vqvdm_scale.config.text import redact
+
 T = TypeVar("T")
 
 BASE_KEY = "_base_"
@@ -299,10 +301,13 @@ def load_config(
 
 
 def dump_config(cfg: Any, path: str | Path) -> Path:
-    """Write the resolved config as YAML (``.yaml``) or JSON (``.json``)."""
+    """Write the resolved config as YAML (``.yaml``) or JSON (``.json``), credentials in URLs masked.
+
+    The file is a record of the run, never read back, so nothing needs the secrets it would have held.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = to_dict(cfg)
+    data = redact(to_dict(cfg))
     tmp = path.with_suffix(path.suffix + ".tmp")
     with open(tmp, "w") as f:
         if path.suffix == ".json":

@@ -27,7 +27,7 @@ import webdataset as wds
 from torch.utils.data import get_worker_info
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
-from vqvdm_scale.config.text import plural
+from vqvdm_scale.config.text import plural, redact
 from vqvdm_scale.formats.fs import open_url
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,8 @@ class ErrorCounter:
         """Record ``exn`` and tell webdataset to continue with the next item."""
         self.count += 1
         if self.count <= self.max_logged:
-            log.warning("skipping bad shard data%s: %r", f" ({self.where})" if self.where else "", exn)
+            where = f" ({self.where})" if self.where else ""
+            log.warning("skipping bad shard data%s: %s", redact(where), redact(repr(exn)))
         return True
 
 

@@ -17,12 +17,14 @@ import contextlib
 import hashlib
 import json
 import multiprocessing as mp
+import re
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Optional
 
 import fsspec
 import webdataset as wds
 
+from vqvdm_scale.config.text import redact
 from vqvdm_scale.formats.fs import MANIFEST_NAME, join_url
 
 __all__ = [
@@ -32,6 +34,7 @@ __all__ = [
     "HashingWriter",
     "finished_sidecar",
     "join_url",
+    "member_key",
     "mp_context",
     "publish_shard",
     "remove_tmps",
@@ -45,6 +48,7 @@ __all__ = [
 # Fixed tar member metadata: shard bytes must not depend on when or by whom they were written.
 TAR_MTIME = 0.0
 TAR_USER = "vqvdm"
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
 
 class HashingWriter:
@@ -67,9 +71,37 @@ class HashingWriter:
         self.fileobj.flush()
 
 
+def member_key(text: str) -> str:
+    """``text`` as a sample key, the stem of its tar member names: only ``[A-Za-z0-9_-]`` are kept.
+
+    A key derived from a source (a path, another shard's ``__key__``) could otherwise carry ``../`` or ``/``
+    into member names (extracting the shard would write outside its folder), or a ``.``, which readers take
+    for the start of the extension. A clean key is kept as it is; a cleaned one gets a short hash of the
+    original, so two sources that clean to the same text stay two samples.
+    """
+    clean = _UNSAFE.sub("_", text)
+    if clean == text and clean:
+        return clean
+    return f"{clean}-{hashlib.sha256(text.encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
+
+
+class _CleanTarWriter(wds.TarWriter):
+    """A TarWriter that refuses a sample whose key is not a clean :func:`member_key` (a bug in the writer)."""
+
+    def write(self, obj: dict[str, Any]) -> int:
+        """Write one sample, after checking its key."""
+        key = str(obj.get("__key__", ""))
+        if not key or _UNSAFE.search(key):
+            raise ValueError(f"sample key {key!r} is not a clean member name: pass it through member_key()")
+        return int(super().write(obj))
+
+
 def tar_writer(out: Any) -> wds.TarWriter:
-    """A webdataset TarWriter on ``out`` with fixed member metadata and no encoding (samples are bytes)."""
-    return wds.TarWriter(out, encoder=False, mtime=TAR_MTIME, user=TAR_USER, group=TAR_USER)
+    """A webdataset TarWriter on ``out`` with fixed member metadata and no encoding (samples are bytes).
+
+    Sample keys must be clean (:func:`member_key`): no path, no dot, in any member name it writes.
+    """
+    return _CleanTarWriter(out, encoder=False, mtime=TAR_MTIME, user=TAR_USER, group=TAR_USER)
 
 
 @contextlib.contextmanager
@@ -102,10 +134,14 @@ def tmp_name(name: str) -> str:
 
 
 def write_json(fs: fsspec.AbstractFileSystem, root: str, name: str, data: dict[str, Any]) -> None:
-    """Write ``data`` as ``root/name`` atomically: to its tmp name first, then renamed."""
+    """Write ``data`` as ``root/name`` atomically: to its tmp name first, then renamed.
+
+    Credentials in URLs are masked (:func:`~vqvdm_scale.config.text.redact`): manifests and sidecars are
+    reports, and nothing reads a URL back out of them.
+    """
     tmp = join_url(root, tmp_name(name))
     with fs.open(tmp, "wb") as f:
-        f.write(json.dumps(data, indent=1, sort_keys=True).encode())
+        f.write(json.dumps(redact(data), indent=1, sort_keys=True).encode())
     fs.mv(tmp, join_url(root, name))
 
 

@@ -43,7 +43,7 @@ import torch.distributed as dist
 from fsspec.core import url_to_fs
 
 from vqvdm_scale.config import ConfigError, UserError
-from vqvdm_scale.config.text import plural
+from vqvdm_scale.config.text import plural, redact
 from vqvdm_scale.data.pipeline import shard_sample_pipeline
 from vqvdm_scale.data.urls import resolve_shards
 from vqvdm_scale.engine.cluster import export_torch_env
@@ -57,7 +57,7 @@ from vqvdm_scale.engine.env import (
     pick_device,
 )
 from vqvdm_scale.formats.latent_shards import LATENT_FORMAT
-from vqvdm_scale.formats.shard_io import MANIFEST_NAME, join_url, publish_shard, shard_writer
+from vqvdm_scale.formats.shard_io import MANIFEST_NAME, join_url, member_key, publish_shard, shard_writer
 from vqvdm_scale.formats.tokenizer_export import load_tokenizer
 from vqvdm_scale.formats.video_shards import shard_entries
 from vqvdm_scale.models.tokenizer.vqgan import VQTokenizer
@@ -224,7 +224,7 @@ def _encode_shard(
                         "start": start,
                         "source_key": key,
                     }
-                    enc.add(f"{key}_w{window:03d}", clip, info)
+                    enc.add(f"{member_key(key)}_w{window:03d}", clip, info)  # no "../" from a source
             del results
         enc.flush()
     skipped += [{"key": "", "reason": "tar_error", "detail": m} for m in errors.messages]
@@ -367,5 +367,7 @@ def _run(cfg: EncodeConfig, rank: int, world: int) -> dict[str, Any]:
             with fs.open(join_url(root, MANIFEST_NAME), "rb") as f:
                 manifest = json.loads(f.read())
         except FileNotFoundError as e:
-            raise RuntimeError(f"rank 0 wrote no {MANIFEST_NAME} in {cfg.output}; see rank 0's error") from e
+            raise RuntimeError(
+                f"rank 0 wrote no {MANIFEST_NAME} in {redact(cfg.output)}; see rank 0's error"
+            ) from e
     return manifest

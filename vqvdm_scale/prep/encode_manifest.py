@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from vqvdm_scale.config import to_dict
-from vqvdm_scale.config.text import plural
+from vqvdm_scale.config.text import plural, redact
 from vqvdm_scale.formats.latent_shards import codebook_sha256, latent_manifest
 from vqvdm_scale.formats.shard_io import MANIFEST_NAME, join_url, write_json
 from vqvdm_scale.models.tokenizer.vqgan import VQTokenizer
@@ -66,7 +66,7 @@ def write_manifest(
     print(
         f"encode_latents: {plural(manifest['num_samples'], 'latent sample')} ({cfg.store}, {manifest['dtype']} "
         f"{manifest['sample_shape']}) of {plural(manifest['counts']['videos'], 'video')} in "
-        f"{plural(len(manifest['shards']), 'shard')} at {cfg.output}; skipped {manifest['counts']['skipped']} "
+        f"{plural(len(manifest['shards']), 'shard')} at {redact(cfg.output)}; skipped {manifest['counts']['skipped']} "
         f"({reasons})",
         flush=True,
     )

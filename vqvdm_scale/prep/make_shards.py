@@ -34,7 +34,7 @@ import numpy as np
 from fsspec.core import url_to_fs
 
 from vqvdm_scale.config import ConfigError, UserError, to_dict
-from vqvdm_scale.config.text import plural
+from vqvdm_scale.config.text import plural, redact
 from vqvdm_scale.data.video_io import (
     DEFAULT_CRF,
     DEFAULT_PRESET,
@@ -320,12 +320,12 @@ def main(cfg: ShardsConfig) -> dict[str, Any]:
         which = f"all {len(skipped)} inputs were" if len(skipped) != 1 else "the only input was"
         raise UserError(
             f"make_shards: {which} skipped ({reasons}), so no shard was written; the reason for each input "
-            f"is in {join_url(cfg.output, MANIFEST_NAME)}"
+            f"is in {redact(join_url(cfg.output, MANIFEST_NAME))}"
         )
     elapsed, read = time.time() - start, sum(len(task.items) for task in todo)  # read by this run
     print(
         f"make_shards: wrote {plural(manifest['num_samples'], 'video')} in {plural(len(manifest['shards']), 'shard')} "
-        f"to {cfg.output} ({len(tasks) - len(todo)} of {plural(len(tasks), 'shard')} already complete); skipped "
+        f"to {redact(cfg.output)} ({len(tasks) - len(todo)} of {plural(len(tasks), 'shard')} already complete); skipped "
         f"{len(skipped)} ({reasons}); {elapsed:.1f}s, {read / max(elapsed, 1e-9):.1f} videos/s",
         flush=True,
     )
