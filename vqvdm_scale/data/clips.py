@@ -41,6 +41,8 @@ from vqvdm_scale.config.core import ConfigError
 from vqvdm_scale.data.loader import LoaderState, ResumableLoader
 from vqvdm_scale.data.reader import SkipSample, StreamConfig
 from vqvdm_scale.data.urls import resolve_shards
+from vqvdm_scale.formats.labels import check_label
+from vqvdm_scale.formats.video_shards import shard_entries
 
 __all__ = [
     "ClipDecode",
@@ -185,14 +187,19 @@ class ClipDecode:
     random_crop: bool
     random_flip: bool
     short_videos: str
+    classes: tuple[str, ...] = ()  # the shards' class list (from their manifests); empty: unknown
 
     def __call__(self, sample: dict[str, Any], rng: random.Random) -> dict[str, Any]:
         return make_clip(sample, self, rng)
 
 
 def make_clip(sample: dict[str, Any], spec: ClipDecode, rng: random.Random) -> dict[str, Any]:
-    """Decode one shard sample into ``{"video": [3, T, S, S] float in [-1, 1], "label", "fps", "key"}``."""
+    """Decode one shard sample into ``{"video": [3, T, S, S] float in [-1, 1], "label", "fps", "key"}``.
+
+    A label that is missing or not one of ``spec.classes`` is a bad sample (LabelError, counted by the reader).
+    """
     meta = json.loads(sample["json"])
+    label = check_label(meta.get("label"), spec.classes, str(sample.get("__key__")))  # before any decoding
     span = (spec.frames - 1) * spec.stride + 1
     # pick the window from the sample json's frame count first, so an mp4 is decoded only up to its end
     listed = int(meta.get("num_frames", 0))
@@ -225,7 +232,7 @@ def make_clip(sample: dict[str, Any], spec: ClipDecode, rng: random.Random) -> d
     fps = float(meta.get("fps", container_fps if container_fps is not None else 0.0))
     return {
         "video": video,
-        "label": int(meta["label"]),
+        "label": label,
         "fps": fps / spec.stride,  # the clip's own frame rate
         "key": str(sample.get("__key__")),
     }
@@ -254,6 +261,7 @@ def build_clip_loader(
         which = "train_shards" if train else "eval_shards"
         raise ValueError(f"data.{which} is not set: give a shard directory, brace pattern or list")
     urls = resolve_shards(spec)
+    _, classes = shard_entries(urls)
     decode = ClipDecode(
         frames=cfg.frames,
         stride=cfg.frame_stride,
@@ -262,6 +270,7 @@ def build_clip_loader(
         random_crop=cfg.random_crop,
         random_flip=cfg.random_flip,
         short_videos=cfg.short_videos,
+        classes=tuple(classes),
     )
     return ResumableLoader(
         cfg, urls, decode, batch_size=batch_size, rank=rank, world_size=world_size, train=train, state=state

@@ -52,6 +52,7 @@ from vqvdm_scale.data.loader import LoaderState, ResumableLoader
 from vqvdm_scale.data.reader import ReaderSpec, SampleDecode, StreamConfig
 from vqvdm_scale.data.urls import resolve_shards
 from vqvdm_scale.formats.fs import MANIFEST_NAME, join_url, open_url, read_manifest
+from vqvdm_scale.formats.labels import check_label
 from vqvdm_scale.formats.latent_shards import (
     LATENT_FORMAT,
     REENCODE,
@@ -165,7 +166,10 @@ def shard_checksums(urls: Sequence[str], manifests: dict[str, dict[str, Any]]) -
 
 
 class LatentDecode:
-    """The latent loader's :data:`~vqvdm_scale.data.loader.SampleDecode`: npy -> normalised ``[D, t, h, w]``."""
+    """The latent loader's :data:`~vqvdm_scale.data.loader.SampleDecode`: npy -> normalised ``[D, t, h, w]``.
+
+    A label that is missing or not one of the cache's classes is a bad sample (LabelError, counted by the reader).
+    """
 
     def __init__(self, manifest: dict[str, Any], codebook: Optional[Tensor]) -> None:
         self.store = str(manifest["store"])
@@ -173,9 +177,12 @@ class LatentDecode:
         self.dtype = np.dtype(str(manifest["dtype"]))
         self.codebook = None if codebook is None else codebook.detach().to("cpu", torch.float32).contiguous()
         self.stats = LatentStats.from_manifest(manifest)
+        self.classes = tuple(str(c) for c in manifest.get("classes") or ())
 
     def __call__(self, sample: dict[str, Any], rng: random.Random) -> dict[str, Any]:
         key = sample.get("__key__", "?")
+        meta = json.loads(sample["json"])
+        label = check_label(meta.get("label"), self.classes, str(key))  # outside the classes: a bad sample
         arr = np.load(io.BytesIO(sample["npy"]), allow_pickle=False)
         if arr.dtype != self.dtype or tuple(arr.shape) != self.sample_shape:
             raise ValueError(
@@ -189,10 +196,9 @@ class LatentDecode:
             z = F.embedding(idx, self.codebook).permute(3, 0, 1, 2)  # [t, h, w, D] -> [D, t, h, w]
         else:
             z = torch.from_numpy(arr).float()
-        meta = json.loads(sample["json"])
         return {
             "latent": self.stats.normalize(z).contiguous(),
-            "label": int(meta["label"]),
+            "label": label,
             "fps": float(meta["fps"]),
             "key": str(key),
         }

@@ -2,9 +2,10 @@
 
 A latent cache is a folder of tar shards plus ``manifest.json`` (format :data:`LATENT_FORMAT`): the
 tokenizer fingerprint, store (code indices or fp16 latents), shapes and dtype, the codebook's sha256,
-counts, sha256 per shard, and per-channel statistics (count, sums, sums of squares, mean, std) of the
-dequantised latents. Raw latents are stored and normalised at load (EDM2-style) with
-:class:`LatentStats`, the one place that normalisation is written.
+counts, sha256 per shard, the class list and the windows per label (``label_counts``, checked against the
+classes by :func:`~vqvdm_scale.formats.labels.check_label_counts`), and per-channel statistics (count, sums,
+sums of squares, mean, std) of the dequantised latents. Raw latents are stored and normalised at load
+(EDM2-style) with :class:`LatentStats`, the one place that normalisation is written.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import hashlib
 import math
 import warnings
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -21,13 +22,15 @@ import torch
 from torch import Tensor
 
 from vqvdm_scale.config.core import UserError
+from vqvdm_scale.config.text import redact
 
 LATENT_FORMAT = "vqvdm-latent-shards/1"
 STD_FLOOR = 1e-6  # a constant channel (one code used) normalises to 0 instead of dividing by 0
 
-# what several caches read as one must agree on
+# what several caches read as one must agree on (the classes: a label must name the same class in each)
 SAME_KEYS = (
     "fingerprint",
+    "classes",
     "store",
     "dtype",
     "latent_shape",
@@ -97,8 +100,10 @@ def merge_manifests(manifests: Sequence[dict[str, Any]], sources: Sequence[str])
     for d, m in zip(sources[1:], manifests[1:], strict=True):
         diff = [k for k in SAME_KEYS if m.get(k) != first.get(k)]
         if diff:
+            shown = "; ".join(f"{k}: {_short(first.get(k))} and {_short(m.get(k))}" for k in diff)
             raise UserError(
-                f"latent caches {sources[0]} and {d} differ in {diff}; encode both with the same tokenizer and options"
+                f"latent caches {redact(sources[0])} and {redact(d)} differ ({shown}), so they cannot be read as "
+                "one: encode both with the same tokenizer, options and class list"
             )
     positions = sum(int(m["stats"]["positions"]) for m in manifests)
     sums = [sum(vals) for vals in zip(*(m["stats"]["sum"] for m in manifests), strict=True)]
@@ -108,7 +113,23 @@ def merge_manifests(manifests: Sequence[dict[str, Any]], sources: Sequence[str])
     merged["stats"] = {"positions": positions, "sum": sums, "sumsq": sumsqs, "mean": mean, "std": std}
     merged["num_samples"] = sum(int(m.get("num_samples", 0)) for m in manifests)
     merged["sources"] = list(sources)
+    merged.pop("label_counts", None)
+    if all(isinstance(m.get("label_counts"), dict) for m in manifests):
+        merged["label_counts"] = _pooled(m["label_counts"] for m in manifests)
     return merged
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _pooled(counts: Iterable[Mapping[str, int]]) -> dict[str, int]:
+    """Label -> count summed over ``counts``, in label order."""
+    total: Counter[str] = Counter()
+    for c in counts:
+        total.update({str(k): int(v) for k, v in c.items()})
+    return dict(sorted(total.items(), key=lambda kv: (len(kv[0]), kv[0])))
 
 
 def check_fingerprint(
@@ -149,6 +170,8 @@ def latent_manifest(
     mean, std = stats_from_sums(positions, sums, sumsqs)
     skipped = [dict(s, shard=side["name"]) for side in sidecars for s in side["skipped"]]
     num_samples = sum(int(s["count"]) for s in sidecars)
+    # windows per label; unknown when a shard was written by a version that did not count them
+    labels = _pooled(s["labels"] for s in sidecars) if all("labels" in s for s in sidecars) else None
     return {
         **extra,
         "format": LATENT_FORMAT,
@@ -173,6 +196,7 @@ def latent_manifest(
             for s in sidecars
             if s["count"]
         ],
+        **({} if labels is None else {"label_counts": labels}),
     }
 
 

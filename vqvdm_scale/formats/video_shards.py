@@ -13,6 +13,8 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from vqvdm_scale.config.core import UserError
+from vqvdm_scale.config.text import redact
 from vqvdm_scale.formats.fs import join_url, read_manifest
 
 __all__ = ["VIDEO_FORMAT", "sample_key", "shard_entries", "shard_name"]
@@ -31,16 +33,27 @@ def sample_key(index: int, rel: str) -> str:
 
 
 def shard_entries(urls: Sequence[str]) -> tuple[dict[str, dict[str, Any]], list[str]]:
-    """Manifest shard entries of the input shards by URL, and the class list, where manifests exist."""
+    """Manifest shard entries of the input shards by URL, and the class list, where manifests exist.
+
+    Folders whose manifests list different classes are refused (UserError): a label would mean one class
+    in one folder's shards and another in the next.
+    """
     entries: dict[str, dict[str, Any]] = {}
     classes: list[str] = []
+    first = ""
     for d in dict.fromkeys(posixpath.dirname(u) or "." for u in urls):
         try:
             manifest = read_manifest(d)
         except (ValueError, OSError):
             continue
-        if not classes and isinstance(manifest.get("classes"), list):
-            classes = [str(c) for c in manifest["classes"]]
+        if isinstance(manifest.get("classes"), list):
+            listed = [str(c) for c in manifest["classes"]]
+            if first and listed != classes:
+                raise UserError(
+                    f"video shards in {redact(first)} and {redact(d)} have different class lists, {classes} and "
+                    f"{listed}, so their labels mean different classes: shard them together with one class list"
+                )
+            classes, first = listed, first or d
         for entry in manifest["shards"]:
             if isinstance(entry, dict) and "name" in entry:
                 entries[join_url(d, str(entry["name"]))] = entry

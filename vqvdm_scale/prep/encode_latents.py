@@ -25,7 +25,10 @@ only on its input, the tokenizer and the plan - not on the rank count, worker co
 A re-run skips every shard whose sidecar plan and sha256 match the file. CPU kernels may round
 differently with another thread count, so keep ``threads`` the same between a run and its re-run.
 
-A corrupt member (undecodable video, bad json) or a short video is skipped with a counted reason.
+A corrupt member (undecodable video, bad json), a video whose label is missing or outside the input's
+class list, or a short video is skipped with a counted reason (``corrupt``, ``bad_label``, ``too_short``;
+``worker_died`` when a decode worker died on it twice). The manifest's ``label_counts`` counts the windows
+of each label, so stage 2 can check them against the classes before it trains.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import functools
 import json
 import posixpath
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Optional
@@ -56,6 +60,7 @@ from vqvdm_scale.engine.env import (
     is_dist,
     pick_device,
 )
+from vqvdm_scale.formats.labels import LabelError, check_label
 from vqvdm_scale.formats.latent_shards import LATENT_FORMAT
 from vqvdm_scale.formats.shard_io import MANIFEST_NAME, join_url, member_key, publish_shard, shard_writer
 from vqvdm_scale.formats.tokenizer_export import load_tokenizer
@@ -186,14 +191,17 @@ def _encode_shard(
     pool: Optional[DecodePool],
     bar: JobProgress,
     rank: int,
+    classes: list[str],
 ) -> dict[str, Any]:
     """Write one latent shard (tmp tar -> sidecar -> rename) from one input shard; returns the sidecar.
 
     Runs inline (``watch`` skips nothing): the parallel part is the decode pool, which retries a video whose
-    decode worker died once, then skips it.
+    decode worker died once, then skips it. A video whose label is missing or not one of ``classes`` (the
+    input manifest's) is skipped as ``bad_label``.
     """
     errors = ErrorLog(task.url)
     skipped: list[dict[str, str]] = []
+    labels: Counter[int] = Counter()  # windows per label, for the manifest's label_counts
     videos = 0
     samples = shard_sample_pipeline([task.url], rank=0, world_size=1, shuffle_shards=False, handler=errors)
     jobs = ((s, cfg.frames, cfg.stride, cfg.resolution, cfg.num_windows) for s in samples)
@@ -209,15 +217,21 @@ def _encode_shard(
                     skipped.append({"key": key, "reason": status, "detail": payload})
                     continue
                 meta, fps, clips = payload
+                try:
+                    label = check_label(meta.get("label"), classes, key)
+                except LabelError as e:
+                    skipped.append({"key": key, "reason": "bad_label", "detail": str(e)})
+                    continue
                 if not clips:
                     skipped.append(
                         {"key": key, "reason": "too_short", "detail": "fewer frames than one clip"}
                     )
                     continue
                 videos += 1
+                labels[label] += len(clips)
                 for window, start, clip in clips:
                     info = {
-                        "label": int(meta["label"]),
+                        "label": label,
                         "class_name": meta.get("class_name"),
                         "fps": fps / cfg.stride,
                         "window": window,
@@ -237,6 +251,7 @@ def _encode_shard(
         "videos": videos,
         "skipped": skipped,
         "skip_counts": count_reasons(skipped),
+        "labels": {str(k): v for k, v in sorted(labels.items())},
         "stats": {"positions": enc.positions, "sum": enc.sum.tolist(), "sumsq": enc.sumsq.tolist()},
         "plan": task.plan,
         "rank": rank,  # who wrote it (informational; not part of the plan)
@@ -330,7 +345,15 @@ def _run(cfg: EncodeConfig, rank: int, world: int) -> dict[str, Any]:
         pool = DecodePool(cfg.workers)
     try:
         write = functools.partial(
-            _encode_shard, model=model, cfg=cfg, fs=fs, root=root, pool=pool, bar=bar, rank=rank
+            _encode_shard,
+            model=model,
+            cfg=cfg,
+            fs=fs,
+            root=root,
+            pool=pool,
+            bar=bar,
+            rank=rank,
+            classes=classes,
         )
         for task, sidecar in run_jobs(todo, write):  # inline: the parallel part is the decode pool
             sidecars[task.index] = sidecar

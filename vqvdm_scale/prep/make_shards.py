@@ -10,10 +10,11 @@ byte-identical shards to an uninterrupted one. A re-run skips every shard whose 
 and plan match its sidecar, and redoes the rest.
 
 Bad inputs never stop the job: each video is skipped with a counted reason (``missing``, ``zero_byte``,
-``not_a_video``, ``decode_error``, ``too_short``, ``too_large``, ``error``, ``worker_died``: a worker process
-died on it twice, e.g. killed by the out-of-memory killer; see :mod:`~vqvdm_scale.prep.worker_pool`). A decode error part-way through a
-video skips it (the frames before the error may already be concealment garbage) unless ``keep_partial`` is
-set, in which case a prefix of at least ``min_frames`` frames is kept and listed under ``partial``.
+``not_a_video``, ``decode_error``, ``too_short``, ``too_large``, ``bad_label``, ``error``, ``worker_died``: a
+worker process died on it twice, e.g. killed by the out-of-memory killer; see
+:mod:`~vqvdm_scale.prep.worker_pool`). A decode error part-way through a video skips it (the frames before
+the error may already be concealment garbage) unless ``keep_partial`` is set, in which case a prefix of at
+least ``min_frames`` frames is kept and listed under ``partial``.
 
 Every planned shard file is written, even one whose videos were all skipped (an empty tar), so shard
 numbering is stable across re-runs; ``manifest.json`` lists only the non-empty shards. When every input was
@@ -26,6 +27,7 @@ from __future__ import annotations
 import io
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Optional
 
@@ -44,6 +46,7 @@ from vqvdm_scale.data.video_io import (
     decode_video,
     encode_mp4,
 )
+from vqvdm_scale.formats.labels import LabelError, check_label
 from vqvdm_scale.formats.shard_io import MANIFEST_NAME, join_url, publish_shard, shard_writer, write_json
 from vqvdm_scale.formats.video_shards import VIDEO_FORMAT, sample_key, shard_name
 from vqvdm_scale.prep.layouts import VIDEO_EXTENSIONS, VideoItem, list_items
@@ -142,6 +145,7 @@ class _ShardTask:
     items: list[VideoItem]
     cfg: ShardsConfig
     plan: str
+    classes: list[str]
 
     @property
     def name(self) -> str:
@@ -160,11 +164,18 @@ def _load(item: VideoItem, cfg: ShardsConfig) -> DecodedVideo:
     return decode_video(item.source, cfg.resolution, cfg.max_frames)
 
 
-def make_sample(index: int, item: VideoItem, cfg: ShardsConfig) -> tuple[dict[str, Any], str | None]:
+def make_sample(
+    index: int, item: VideoItem, cfg: ShardsConfig, classes: Sequence[str] = ()
+) -> tuple[dict[str, Any], str | None]:
     """Decode, check and encode one video into a shard sample; returns (sample, partial-decode note or None).
 
-    Raises SkipVideo with the reason when the video cannot be used.
+    Raises SkipVideo with the reason when the video cannot be used (``bad_label``: its label is not one of
+    ``classes``, the class list the manifest records).
     """
+    try:
+        check_label(item.label, classes, item.rel)
+    except LabelError as e:
+        raise SkipVideo("bad_label", str(e)) from e
     try:
         video = _load(item, cfg)
     except VideoReadError as e:
@@ -214,7 +225,7 @@ def _write_shard(task: _ShardTask, watch: Watch) -> dict[str, Any]:
                 skipped.append({"source": item.rel, "reason": "worker_died", "detail": died})
                 continue
             try:
-                sample, note = make_sample(task.first + offset, item, cfg)
+                sample, note = make_sample(task.first + offset, item, cfg, task.classes)
             except SkipVideo as e:
                 skipped.append({"source": item.rel, "reason": e.reason, "detail": e.detail})
                 continue
@@ -276,7 +287,7 @@ def main(cfg: ShardsConfig) -> dict[str, Any]:
     plan = plan_hash({name: getattr(cfg, name) for name in _PLAN_FIELDS})
     size = cfg.shard_size
     tasks = [
-        _ShardTask(i, i * size, listing.items[i * size : (i + 1) * size], cfg, plan)
+        _ShardTask(i, i * size, listing.items[i * size : (i + 1) * size], cfg, plan, listing.classes)
         for i in range((len(listing.items) + size - 1) // size)
     ]
     sidecars, todo = split_finished(

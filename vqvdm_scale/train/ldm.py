@@ -15,12 +15,14 @@ from typing import Any
 import torch
 
 from vqvdm_scale.config.core import ConfigError, presets
+from vqvdm_scale.config.text import redact
 from vqvdm_scale.data.latents import LatentLoaderConfig, build_latent_loader, read_latent_manifest
 from vqvdm_scale.data.loader import LoaderState
 from vqvdm_scale.diffusion import DiffusionConfig, DiffusionLoss, GaussianDiffusion
 from vqvdm_scale.engine.config import TrainConfig
 from vqvdm_scale.engine.deepspeed_engine import build_engine
 from vqvdm_scale.engine.env import barrier, is_main, print0
+from vqvdm_scale.formats.labels import check_label_counts
 from vqvdm_scale.formats.latent_shards import LatentStats, check_fingerprint
 from vqvdm_scale.formats.ldm_export import EMA_FILE, LatentSpec, save_ema
 from vqvdm_scale.formats.tokenizer_export import load_tokenizer, read_fingerprint
@@ -78,7 +80,7 @@ def diffusion_step(
 
 
 def resolve_from_cache(cfg: LDMRunConfig) -> tuple[LDMRunConfig, dict[str, Any]]:
-    """Check the cache against the tokenizer and fill model channels/classes from its manifest."""
+    """Check the cache against the tokenizer and its labels against its classes; fill model channels/classes."""
     if not cfg.tokenizer:
         raise ConfigError(
             "tokenizer is not set: pass tokenizer=PATH/tokenizer.safetensors (the stage-1 export)"
@@ -89,6 +91,10 @@ def resolve_from_cache(cfg: LDMRunConfig) -> tuple[LDMRunConfig, dict[str, Any]]
     check_fingerprint(manifest, read_fingerprint(cfg.tokenizer), where=cfg.data.train_latents)
     channels = int(manifest["latent_shape"][0])
     classes = list(manifest.get("classes") or [])
+    if cfg.class_conditional and isinstance(manifest.get("label_counts"), dict):
+        check_label_counts(
+            manifest["label_counts"], classes, f"latent cache {redact(cfg.data.train_latents)}"
+        )
     model = dataclasses.replace(
         cfg.model,
         in_channels=channels,
