@@ -29,6 +29,7 @@ import yaml
 
 from vqvdm_scale.config import UserError, to_dict
 from vqvdm_scale.config.core import _deep_merge, from_dict, parse_overrides, read_yaml, replace
+from vqvdm_scale.config.text import redact
 from vqvdm_scale.launch.slurm_config import SlurmConfig
 from vqvdm_scale.train.signals import last_stop
 
@@ -151,7 +152,7 @@ def submit(stage: str, cfg: Any, slurm: SlurmConfig, dry_run: bool = False) -> l
     tasks = tasks_for(stage, cfg, slurm)
     if dry_run:
         print(f"# {stage}: {len(tasks)} job(s), resolved config:")
-        print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+        print(yaml.safe_dump(redact(to_dict(cfg)), sort_keys=False), end="")
         print("# slurm:")
         print(yaml.safe_dump(to_dict(slurm), sort_keys=False), end="")
         if stage == "encode":

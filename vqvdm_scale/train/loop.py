@@ -22,7 +22,8 @@ import torch
 from torch import nn
 
 from vqvdm_scale.config import UserError, dump_config, to_dict
-from vqvdm_scale.engine.checkpoint import any_checkpoint, load_checkpoint, save_checkpoint
+from vqvdm_scale.config.text import redact
+from vqvdm_scale.engine.checkpoint import LATEST, any_checkpoint, load_checkpoint, save_checkpoint
 from vqvdm_scale.engine.config import TrainConfig
 from vqvdm_scale.engine.deepspeed_engine import deepspeed_config
 from vqvdm_scale.engine.ema import EMA
@@ -220,7 +221,7 @@ class Trainer(ABC):
         client = {
             "step": self.step,
             "nonfinite_total": self.nonfinite_total,
-            "config": to_dict(self.cfg),
+            "config": redact(to_dict(self.cfg)),
             "loader": self.loader.state_dict() if self.loader is not None else {},
         }
         if self.ema is not None:
@@ -241,10 +242,15 @@ class Trainer(ABC):
         """Load the latest complete checkpoint if there is one; return the loader state to resume."""
         loaded = load_checkpoint(self.engines, self.ckpt_dir)
         if loaded is None:
-            if any_checkpoint(self.ckpt_dir) and not self.run_cfg.restart:
+            if (self.ckpt_dir / LATEST).exists() and not self.run_cfg.restart:
+                # a save completed once, and now none is complete: never restart over that silently
                 raise UserError(
-                    f"{self.ckpt_dir} holds checkpoints but none is complete (every save was interrupted?); "
-                    "set run.restart=true to train from step 0 anyway, or point run.dir elsewhere"
+                    f"{self.ckpt_dir} holds checkpoints but none is complete (markers deleted or every save "
+                    "interrupted?); set run.restart=true to train from step 0 anyway, or point run.dir elsewhere"
+                )
+            if any_checkpoint(self.ckpt_dir):
+                print0(
+                    f"note: no save in {self.ckpt_dir} ever completed (the first was interrupted); starting at 0"
                 )
             return None
         self.resumed_from, client, per_rank = loaded
@@ -294,7 +300,7 @@ class Trainer(ABC):
             self.finish()
             return self.run_dir
         if self.step == 0 and is_main():
-            self.logger.text("config", "```\n" + json.dumps(to_dict(self.cfg), indent=2) + "\n```", 0)
+            self.logger.text("config", "```\n" + json.dumps(redact(to_dict(self.cfg)), indent=2) + "\n```", 0)
         print0(
             f"[{self.stage}] {self.world_size} rank(s) on {self.device}, steps {self.step}->{max_steps}, run dir {self.run_dir}"
         )
@@ -381,15 +387,3 @@ class Trainer(ABC):
             if stopping:
                 break
         return last_logs
-
-    def extra_scalars(self) -> dict[str, float]:
-        """Extra scalars logged with every logging step (lr, for instance)."""
-        out: dict[str, float] = {}
-        for name, eng in self.engines.items():
-            lr = eng.lr()
-            if lr is not None:
-                out[f"lr/{name}"] = lr
-            gn = eng.grad_norm()
-            if gn is not None:
-                out[f"grad_norm/{name}"] = gn
-        return out

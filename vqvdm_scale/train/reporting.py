@@ -37,7 +37,7 @@ def report_step(
         values[f"perf_rank/{r}/data_wait_pct"] = data_pct
     values["data/corrupt_skipped"] = sum(r[2] for r in ranks)  # all ranks, this run so far
     values["data/short_skipped"] = sum(r[3] for r in ranks)
-    values.update(trainer.extra_scalars())
+    values.update(engine_scalars(trainer.engines))
     trainer.logger.scalars(values, trainer.step)
     loss = logs.get("loss", next(iter(logs.values()), math.nan))
     progress.report(
@@ -57,3 +57,16 @@ def summary_line(trainer: Any, throughput: str, logs: dict[str, float]) -> str:
         f"{plural(corrupt, 'corrupt sample')}, {plural(short, 'short video')}"
     )
     return line if is_main() else ""
+
+
+def engine_scalars(engines: dict[str, Any]) -> dict[str, float]:
+    """Each engine's learning rate and gradient norm, when it knows them."""
+    out: dict[str, float] = {}
+    for name, eng in engines.items():
+        lr = eng.lr()
+        if lr is not None:
+            out[f"lr/{name}"] = lr
+        gn = eng.grad_norm()
+        if gn is not None:
+            out[f"grad_norm/{name}"] = gn
+    return out
