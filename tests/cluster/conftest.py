@@ -21,6 +21,8 @@ from tests.conftest import REPO
 
 LDM_TINY = REPO / "configs" / "ldm" / "tiny.yaml"
 PY = sys.executable
+# the deepspeed launcher of this interpreter's environment (on PATH when the venv is activated)
+DEEPSPEED = str(Path(PY).with_name("deepspeed")) if Path(PY).with_name("deepspeed").exists() else "deepspeed"
 
 
 def slurm_up() -> str:

@@ -51,7 +51,7 @@ def test_deepspeed_two_nodes_equals_one_node_two_ranks(tiny_latent_cache: dict, 
     procs = [
         subprocess.Popen(
             [
-                "deepspeed",
+                DEEPSPEED,
                 "--hostfile",
                 str(hostfile),
                 "--num_nodes",

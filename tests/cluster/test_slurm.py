@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from tests.cluster.conftest import (
+    DEEPSPEED,
     LDM_TINY,
     PY,
     REPO,
@@ -183,7 +184,7 @@ def test_deepspeed_slurm_launcher_forms_the_same_world(
     run = tmp_path / "ds_slurm"
     hostfile = tmp_path / "hostfile"
     hostfile.write_text("node1 slots=1\nnode2 slots=1\n")
-    cmd = ["salloc", "-N2", "-n2", "--cpus-per-task=1", "deepspeed", "--launcher", "slurm", "--no_ssh_check"]
+    cmd = ["salloc", "-N2", "-n2", "--cpus-per-task=1", DEEPSPEED, "--launcher", "slurm", "--no_ssh_check"]
     cmd += ["--master_addr", "node1", "--hostfile", str(hostfile), str(REPO / "launchers" / "train_ldm.py")]
     overrides = ldm_overrides(tiny_latent_cache, run, STEPS, "run.ckpt_every=10")
     out = subprocess.run(
