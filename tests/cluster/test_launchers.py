@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from tests.cluster.conftest import (
+    DEEPSPEED,
     LDM_TINY,
     PY,
     REPO,
