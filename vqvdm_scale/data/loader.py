@@ -11,6 +11,7 @@ continue where the interrupted run stopped (see :mod:`vqvdm_scale.data.clips` fo
 from __future__ import annotations
 
 import dataclasses
+import json
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -49,8 +50,10 @@ class LoaderState:
     rank: int = 0
     resampled: bool = False
     reseed: int = 0
-    # what the ranks of earlier layouts (world size, workers) used this epoch, oldest first (see resplit)
+    # what the ranks of earlier layouts (world size, workers) used this epoch, oldest first (see resplit),
+    # and what those ranks already used of the next epoch (it becomes that epoch's ``consumed``)
     consumed: list[dict[str, Any]] = field(default_factory=list)
+    ahead: list[dict[str, Any]] = field(default_factory=list)
     # on resume only, never saved: every rank's state at the checkpoint, for a re-split on a new layout
     peers: list[dict[str, Any]] = field(default_factory=list)
 
@@ -61,22 +64,37 @@ class LoaderState:
         return out
 
     def resplit(self) -> Optional[LoaderState]:
-        """A fresh state for the same epoch that excludes what every old rank used, or None if it cannot.
+        """A fresh state on a new layout that continues the old ranks' oldest epoch without what they used.
 
-        Needs all old ranks' states (``peers``) in one epoch and layout: then the samples they used are
-        recorded as one more ``consumed`` layout, and the new readers split the rest among themselves.
+        Needs every old rank's state (``peers``, one layout, at most one epoch apart): the samples they
+        used of that epoch are recorded as one more ``consumed`` layout, a rank already in the next epoch
+        counting as having used its whole share (cursor None); what such ranks used of the next epoch is
+        recorded in ``ahead``. The new readers split the rest among themselves. None when it cannot be
+        exact (a rank's state missing, resampled mode, ranks two epochs apart).
         """
         peers = sorted((LoaderState.from_dict(p) for p in self.peers), key=lambda p: p.rank)
-        if [p.rank for p in peers] != list(range(self.world_size)) or self.resampled:
+        if not peers or len({(p.seed, p.num_workers, p.world_size, p.resampled) for p in peers}) != 1:
             return None
-        if len({(p.epoch, p.seed, p.num_workers, p.world_size, len(p.consumed)) for p in peers}) != 1:
+        seed, world, workers = peers[0].seed, peers[0].world_size, peers[0].num_workers
+        if peers[0].resampled or [p.rank for p in peers] != list(range(world)):
             return None
-        layout = {
-            "world_size": self.world_size,
-            "num_workers": self.num_workers,
-            "cursors": [list(p.worker_cursors) for p in peers],
-        }
-        return LoaderState(epoch=self.epoch, seed=self.seed, consumed=[*self.consumed, layout])
+        epoch = min(p.epoch for p in peers)
+        behind = [p for p in peers if p.epoch == epoch]
+        ahead = [p for p in peers if p.epoch == epoch + 1]
+        # every rank must have recorded the same earlier layouts of both epochs (else: not one job's states)
+        if len(behind) + len(ahead) != len(peers) or len({json.dumps(p.consumed) for p in behind}) != 1:
+            return None
+        if len({json.dumps(p.ahead) for p in behind} | {json.dumps(p.consumed) for p in ahead}) != 1:
+            return None
+
+        def layout(cursors: list[Any]) -> dict[str, Any]:
+            return {"world_size": world, "num_workers": workers, "cursors": cursors}
+
+        this = layout([list(p.worker_cursors) if p.epoch == epoch else [None] * workers for p in peers])
+        nxt = list(behind[0].ahead)
+        if ahead:
+            nxt.append(layout([list(p.worker_cursors) if p.epoch > epoch else [0] * workers for p in peers]))
+        return LoaderState(epoch=epoch, seed=seed, consumed=[*behind[0].consumed, this], ahead=nxt)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LoaderState:
@@ -88,6 +106,7 @@ class LoaderState:
         out = cls(**data)
         out.worker_cursors = [int(c) for c in out.worker_cursors]
         out.consumed = [dict(c) for c in out.consumed]
+        out.ahead = [dict(c) for c in out.ahead]
         return out
 
 
@@ -169,6 +188,13 @@ class ResumableLoader:
             warnings.warn("data.resampled changed since the checkpoint; starting a new epoch", stacklevel=3)
             return self._fresh(state.epoch + 1, state.seed)
         if self.cfg.resampled:
+            if (state.num_workers, state.world_size) != (self.readers, self.world_size):
+                warnings.warn(
+                    "data.resampled draws shards with replacement, so there is no epoch order to re-split on "
+                    f"the new layout (workers, world_size: {(state.num_workers, state.world_size)} -> "
+                    f"{(self.readers, self.world_size)}); every rank continues with fresh random streams",
+                    stacklevel=3,
+                )
             out = dataclasses.replace(state, worker_cursors=[0] * self.readers, next_worker=0)
             out.num_workers, out.world_size, out.rank = self.readers, self.world_size, self.rank
             if state.samples_consumed or state.batches_consumed:
@@ -177,19 +203,21 @@ class ResumableLoader:
             return out
         layout = (state.num_workers, state.world_size, state.rank, len(state.worker_cursors))
         if layout[:2] != (self.readers, self.world_size):
-            resplit = state.resplit()
+            resplit = state.resplit() if state.peers else None
             if resplit is not None:
                 out = self._fresh(resplit.epoch, resplit.seed)
-                out.consumed = resplit.consumed
+                out.consumed, out.ahead = resplit.consumed, resplit.ahead
                 return out
         if layout != (self.readers, self.world_size, self.rank, self.readers):
+            nxt = max([state.epoch, *(int(p.get("epoch", 0)) for p in state.peers)]) + 1  # one for every rank
             warnings.warn(
                 f"loader layout changed since the checkpoint (workers, world_size, rank: "
-                f"{layout[:3]} -> {(self.readers, self.world_size, self.rank)}); epoch {state.epoch} cannot "
-                f"continue exactly, so epoch {state.epoch + 1} starts (nothing replays)",
+                f"{layout[:3]} -> {(self.readers, self.world_size, self.rank)}) and the old ranks' states do "
+                f"not allow a re-split (one missing, or ranks two epochs apart); epoch {state.epoch} cannot "
+                f"continue exactly, so epoch {nxt} starts (nothing replays)",
                 stacklevel=3,
             )
-            return self._fresh(state.epoch + 1, state.seed)
+            return self._fresh(nxt, state.seed)
         return dataclasses.replace(state, worker_cursors=list(state.worker_cursors))
 
     @property
@@ -261,7 +289,9 @@ class ResumableLoader:
         self._errors += sum(self._epoch_errors.values())
         self._skipped += sum(self._epoch_skipped.values())
         self._epoch_errors, self._epoch_skipped = {}, {}
+        ahead = self._state.ahead  # what ranks of an earlier layout already used of the next epoch
         self._state = self._fresh(self._state.epoch + 1, self._state.seed)
+        self._state.consumed = ahead
 
     def epoch_iter(self) -> Iterator[Batch]:
         """The rest of the current epoch's batches; the epoch advances once it is exhausted."""

@@ -220,9 +220,10 @@ def consumed_samples(
     """``(url, key)`` of every sample the readers of earlier layouts of this epoch used, in order.
 
     Each layout is ``{"world_size", "num_workers", "cursors": [[per-worker cursor] per rank]}``, as
-    :meth:`~vqvdm_scale.data.loader.LoaderState.resplit` records it. Replaying a reader's stream (no
-    decoding) to its cursor gives exactly the samples it used, since the stream is a function of the
-    seed, epoch and layout (and of the layouts before it, whose samples it did not hold).
+    :meth:`~vqvdm_scale.data.loader.LoaderState.resplit` records it (a cursor None: the whole stream).
+    Replaying a reader's stream (no decoding) to its cursor gives exactly the samples it used, since the
+    stream is a function of the seed, epoch and layout (and of the layouts before it, whose samples it
+    did not hold).
     """
     used: set[tuple[str, str]] = set()
     for layout in layouts:
@@ -235,7 +236,8 @@ def consumed_samples(
                     epoch=epoch, shuffle_buffer=shuffle_buffer, exclude=before, checksums=checksums,
                     handler=ErrorCounter(f"replay rank {rank} worker {worker}"),
                 )  # fmt: skip
-                for sample in islice(stream, int(layout["cursors"][rank][worker])):
+                cursor = layout["cursors"][rank][worker]  # None: the reader's whole share
+                for sample in islice(stream, None if cursor is None else int(cursor)):
                     used.add((sample["__url__"], sample["__key__"]))
     return frozenset(used)
 
