@@ -196,5 +196,11 @@ def load_checkpoint(
         with weights_only_loads(f"checkpoint file {f}"):
             peers.append(torch.load(f, map_location="cpu", weights_only=True).get("loader", {}))
     per_rank["loader_peers"] = peers
+    if peers and len(peers) != get_world_size():
+        print0(
+            f"note: {d.name} was saved by {len(peers)} ranks and resumes on {get_world_size()}: the rest of the "
+            "epoch is re-split over the new ranks, a rank without a saved RNG state starts as a fresh rank would, "
+            f"and the global batch per step changes by x{get_world_size() / len(peers):g}"
+        )
     print0(f"resumed from {d}")
     return d, client_state, per_rank

@@ -21,7 +21,7 @@ from vqvdm_scale.config import UserError
 from vqvdm_scale.engine.config import OptimConfig, TrainConfig
 from vqvdm_scale.engine.env import any_rank_true, get_local_rank, get_world_size, is_main, print0
 from vqvdm_scale.engine.extensions import prepare_extensions
-from vqvdm_scale.engine.universal import UNIVERSAL_SUFFIX, saved_world_size, to_universal
+from vqvdm_scale.engine.universal import UNIVERSAL_SUFFIX, saved_world_size, saved_zero3, to_universal
 
 
 def deepspeed_config(train: TrainConfig, world_size: int) -> dict[str, Any]:
@@ -110,6 +110,15 @@ class DeepSpeedEngine:
 
     def _load_universal(self, directory: str, tag: str, saved: int) -> dict[str, Any]:
         """Load a ZeRO checkpoint of ``saved`` ranks on this world size, through DeepSpeed's universal format."""
+        folder, stage = Path(directory) / tag, self._engine.zero_optimization_stage()
+        if stage == 0 or saved_zero3(folder) != (stage == 3):
+            # DeepSpeed's universal load restores into a ZeRO-1/2 engine from ZeRO-1/2 and ZeRO-3 from ZeRO-3
+            was = "3" if saved_zero3(folder) else "1 or 2"
+            raise UserError(
+                f"{folder} holds the ZeRO-{was} optimizer partitions of {saved} ranks, which load on "
+                f"{get_world_size()} ranks only into a ZeRO-{was} engine (this run: train.zero_stage={stage}); "
+                f"set train.zero_stage to {was}, or resume on {saved} ranks"
+            )
         failure: Optional[UserError] = None
         if is_main():
             try:
@@ -124,6 +133,13 @@ class DeepSpeedEngine:
         self._engine._config.load_universal_checkpoint = True
         try:
             path, client_state = self._engine.load_checkpoint(directory, tag=tag + UNIVERSAL_SUFFIX)
+        except (AssertionError, AttributeError, KeyError, RuntimeError, TypeError, ValueError) as e:
+            # DeepSpeed's own failures here are bare asserts and lookups: say which folder and what to do
+            raise UserError(
+                f"DeepSpeed could not load {folder}{UNIVERSAL_SUFFIX} on {get_world_size()} ranks "
+                f"({type(e).__name__}: {' '.join(str(e).split())[:200]}); resume on {saved} ranks with the "
+                f"config it was saved with, or delete {folder}{UNIVERSAL_SUFFIX} to convert again"
+            ) from e
         finally:
             self._engine._config.load_universal_checkpoint = False
         if path is None:

@@ -26,6 +26,11 @@ def saved_world_size(folder: Path) -> int | None:
     return len(parts) or None
 
 
+def saved_zero3(folder: Path) -> bool:
+    """True when a ZeRO checkpoint folder was written under ZeRO-3 (one model-states file per rank)."""
+    return any(folder.glob("*zero_pp_rank_*_model_states.pt"))
+
+
 def convert_command(folder: Path) -> list[str]:
     """The conversion a user can also run by hand."""
     return [
@@ -52,6 +57,9 @@ def to_universal(folder: Path) -> Path:
             f"{folder} was written by another number of ranks and DeepSpeed could not convert it ({tail}); "
             f"resume on the original number of ranks, or convert it by hand: {' '.join(convert_command(folder))}"
         )
+    # DeepSpeed also points a 'latest_universal' file beside the folder at it (at our temporary name);
+    # nothing reads it, since every load names its tag
+    (folder.parent / "latest_universal").unlink(missing_ok=True)
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return out
