@@ -159,3 +159,42 @@ def test_resampled_streams_warn_that_there_is_nothing_to_resplit(tmp_path: Path)
     state = b.loaders[0].state
     assert (state.epoch, state.batches_consumed) == (1, 1)  # the epoch's count goes on, with fresh streams
     b.steps(2)
+
+
+def test_a_rank_replays_only_the_old_readers_that_decide_its_shards(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vqvdm_scale.data import pipeline
+
+    urls = _shards(tmp_path, [3] * 8)
+    layouts = [
+        {"world_size": 4, "num_workers": 1, "cursors": [[2], [1], [3], [2]]},
+        {"world_size": 2, "num_workers": 2, "cursors": [[1, 2], [0, None]]},
+    ]
+
+    def used(upto: int, within: Optional[list[str]] = None) -> frozenset[tuple[str, str]]:
+        return pipeline.consumed_samples(
+            urls, layouts[:upto], seed=3, epoch=1, shuffle_buffer=2, within=within
+        )
+
+    def shards(rank: int, world: int) -> list[str]:
+        return pipeline.reader_shards(urls, rank=rank, world_size=world, seed=3, epoch=1)
+
+    first, both = used(1), used(2)
+    assert len(first) == 8
+    replayed: list[int] = []
+    original = pipeline.shard_sample_pipeline
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        replayed.append(kwargs["rank"])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "shard_sample_pipeline", counted)
+    for rank in range(2):  # 4 -> 2 ranks: each new rank's shards were read by 2 of the 4 old readers
+        mine = shards(rank, 2)
+        assert used(1, mine) == {u for u in first if u[0] in mine}
+        assert sorted(replayed) == [rank, rank + 2]
+        replayed.clear()
+    for rank in range(3):  # on 3 ranks after both layouts: the same samples as a full replay, filtered
+        mine = shards(rank, 3)
+        assert used(2, mine) == {u for u in both if u[0] in mine}

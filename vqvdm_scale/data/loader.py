@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from vqvdm_scale.config.core import ConfigError
 from vqvdm_scale.config.text import plural
-from vqvdm_scale.data.pipeline import mix_seed
+from vqvdm_scale.data.pipeline import consumed_samples, mix_seed, reader_shards
 from vqvdm_scale.data.reader import Batch, ReaderDataset, ReaderSpec, SampleDecode, StreamConfig, plan_workers
 
 __all__ = ["LoaderState", "ResumableLoader"]
@@ -262,7 +262,19 @@ class ResumableLoader:
 
     def _dataset(self) -> IterableDataset:
         """This rank's dataset for the current state."""
-        return ReaderDataset(self._reader(), self.decode, self.label)
+        spec = self._reader()
+        if spec.consumed:
+            # what earlier layouts used, replayed once here for all of this rank's readers (not once in
+            # each) and only as far as this rank's shards need it
+            mine = reader_shards(
+                spec.urls, rank=self.rank, world_size=self.world_size, seed=spec.seed, epoch=spec.epoch
+            )
+            exclude = consumed_samples(
+                spec.urls, spec.consumed, seed=spec.seed, epoch=spec.epoch, shuffle_buffer=spec.shuffle_buffer,
+                checksums=spec.checksums, within=mine,
+            )  # fmt: skip
+            spec = dataclasses.replace(spec, consumed=[], exclude=exclude)
+        return ReaderDataset(spec, self.decode, self.label)
 
     def _dataloader(self) -> DataLoader:
         st = self._state

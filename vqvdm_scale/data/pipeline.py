@@ -19,7 +19,7 @@ import hashlib
 import io
 import logging
 import random
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from itertools import islice
 from typing import Any, Optional
 
@@ -148,6 +148,32 @@ class _ConstSeed:
         return self.value
 
 
+def _seeded_shards(
+    urls: Sequence[str], rank: int, world_size: int, worker: int, num_workers: int, shuffle: Optional[int]
+) -> list[Any]:
+    """Pipeline stages giving one reader's shards: all shards shuffled by ``shuffle``, split by rank, by worker."""
+    return [
+        wds.SimpleShardList(list(urls), seed=shuffle),
+        functools.partial(split_by_rank, rank=rank, world_size=world_size),
+        functools.partial(split_by_rank, rank=worker, world_size=num_workers),
+    ]
+
+
+def reader_shards(
+    urls: Sequence[str],
+    *,
+    rank: int,
+    world_size: int,
+    worker: int = 0,
+    num_workers: int = 1,
+    seed: int,
+    epoch: int,
+) -> list[str]:
+    """The shards a reader of a seeded training epoch reads, in order (``num_workers=1``: its rank's)."""
+    stages = _seeded_shards(urls, rank, world_size, worker, num_workers, mix_seed(seed, epoch))
+    return [item["url"] for item in wds.DataPipeline(*stages)]
+
+
 def shard_sample_pipeline(
     urls: Sequence[str],
     *,
@@ -191,9 +217,8 @@ def shard_sample_pipeline(
             )
         )
     else:
-        stages.append(wds.SimpleShardList(list(urls), seed=mix_seed(seed, epoch) if shuffle_shards else None))
-        stages.append(functools.partial(split_by_rank, rank=rank, world_size=world_size))
-        stages.append(functools.partial(split_by_rank, rank=worker, world_size=num_workers))
+        shuffle = mix_seed(seed, epoch) if shuffle_shards else None
+        stages += _seeded_shards(urls, rank, world_size, worker, num_workers, shuffle)
     stages += [
         functools.partial(fsspec_open_shards, handler=handler, checksums=checksums),
         functools.partial(tar_file_expander, handler=handler),
@@ -216,6 +241,7 @@ def consumed_samples(
     epoch: int,
     shuffle_buffer: int,
     checksums: Optional[Mapping[str, str]] = None,
+    within: Optional[Collection[str]] = None,
 ) -> frozenset[tuple[str, str]]:
     """``(url, key)`` of every sample the readers of earlier layouts of this epoch used, in order.
 
@@ -223,23 +249,39 @@ def consumed_samples(
     :meth:`~vqvdm_scale.data.loader.LoaderState.resplit` records it (a cursor None: the whole stream).
     Replaying a reader's stream (no decoding) to its cursor gives exactly the samples it used, since the
     stream is a function of the seed, epoch and layout (and of the layouts before it, whose samples it
-    did not hold).
+    did not hold). With ``within`` (shard URLs) only the samples of those shards are wanted, so only the
+    readers whose streams decide them are replayed: the readers that share a shard with ``within``, and,
+    layout by layout backwards, the earlier readers that share a shard with those.
     """
+    plans = [
+        [(r, w) for r in range(int(lay["world_size"])) for w in range(int(lay["num_workers"]))]
+        for lay in layouts
+    ]
+    if within is not None:
+        relevant = set(within)
+        for i in reversed(range(len(layouts))):
+            world, workers = int(layouts[i]["world_size"]), int(layouts[i]["num_workers"])
+            shards = {
+                (r, w): reader_shards(urls, rank=r, world_size=world, worker=w, num_workers=workers, seed=seed, epoch=epoch)
+                for r, w in plans[i]
+            }  # fmt: skip
+            plans[i] = [rw for rw in plans[i] if relevant.intersection(shards[rw])]
+            relevant.update(url for rw in plans[i] for url in shards[rw])
     used: set[tuple[str, str]] = set()
-    for layout in layouts:
+    for layout, readers in zip(layouts, plans, strict=True):
         before = frozenset(used)
         world, workers = int(layout["world_size"]), int(layout["num_workers"])
-        for rank in range(world):
-            for worker in range(workers):
-                stream = shard_sample_pipeline(
-                    urls, rank=rank, world_size=world, worker=worker, num_workers=workers, seed=seed,
-                    epoch=epoch, shuffle_buffer=shuffle_buffer, exclude=before, checksums=checksums,
-                    handler=ErrorCounter(f"replay rank {rank} worker {worker}"),
-                )  # fmt: skip
-                cursor = layout["cursors"][rank][worker]  # None: the reader's whole share
-                for sample in islice(stream, None if cursor is None else int(cursor)):
-                    used.add((sample["__url__"], sample["__key__"]))
-    return frozenset(used)
+        for rank, worker in readers:
+            stream = shard_sample_pipeline(
+                urls, rank=rank, world_size=world, worker=worker, num_workers=workers, seed=seed,
+                epoch=epoch, shuffle_buffer=shuffle_buffer, exclude=before, checksums=checksums,
+                handler=ErrorCounter(f"replay rank {rank} worker {worker}"),
+            )  # fmt: skip
+            cursor = layout["cursors"][rank][worker]  # None: the reader's whole share
+            for sample in islice(stream, None if cursor is None else int(cursor)):
+                used.add((sample["__url__"], sample["__key__"]))
+    wanted = None if within is None else set(within)
+    return frozenset(u for u in used if wanted is None or u[0] in wanted)
 
 
 def reader_identity(worker_offset: int = 0) -> tuple[int, int]:

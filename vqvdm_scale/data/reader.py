@@ -97,6 +97,7 @@ class ReaderSpec:
     cursors: list[int]
     worker_offset: int
     consumed: list[dict[str, Any]] = field(default_factory=list)  # earlier layouts of this epoch
+    exclude: frozenset[tuple[str, str]] = frozenset()  # what they used, if the loader replayed them already
     checksums: dict[str, str] = field(default_factory=dict)  # shard URL -> sha256 checked on open
 
     def open(self, label: str) -> tuple[int, ErrorCounter, Iterator[dict[str, Any]]]:
@@ -107,8 +108,8 @@ class ReaderSpec:
                 f"loader built for {plural(len(self.cursors), 'worker')} runs with {num_workers}"
             )
         counter = ErrorCounter(f"{label}rank {self.rank} worker {worker}")
-        exclude = frozenset[tuple[str, str]]()
-        if self.consumed:
+        exclude = self.exclude
+        if self.consumed:  # not replayed by the loader: replay them here
             exclude = consumed_samples(
                 self.urls,
                 self.consumed,
