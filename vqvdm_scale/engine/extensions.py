@@ -44,7 +44,10 @@ def default_extensions_dir() -> Path:
     """The per-user build cache for this torch, python, CPU and CUDA."""
     cuda = f"cu{torch.version.cuda.replace('.', '')}" if torch.version.cuda else "cpu"
     py = f"py{sys.version_info[0]}{sys.version_info[1]}"
-    tag = f"torch{torch.__version__.split('+')[0]}-{py}-{platform.machine()}-{cpu_tag()}-{cuda}"
+    # the environment's prefix too: a build's command line holds DeepSpeed's source path, so two venvs
+    # sharing one folder would each find the other's build stale and rebuild it at every start
+    env = hashlib.sha256(sys.prefix.encode()).hexdigest()[:8]
+    tag = f"torch{torch.__version__.split('+')[0]}-{py}-{platform.machine()}-{cpu_tag()}-{cuda}-env{env}"
     return Path.home() / ".cache" / "vqvdm_scale" / "torch_extensions" / tag
 
 
