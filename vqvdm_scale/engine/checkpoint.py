@@ -29,6 +29,7 @@ import torch
 from vqvdm_scale.engine.env import barrier, get_rank, get_world_size, is_main, print0
 from vqvdm_scale.engine.protocol import Engine
 from vqvdm_scale.engine.safe_load import weights_only_loads
+from vqvdm_scale.formats.safetensors_file import fsync_dir, write_text
 
 LATEST = "latest"
 COMPLETE = "COMPLETE"
@@ -100,26 +101,6 @@ def fsync_tree(folder: Path) -> None:
         fsync_dir(d)
 
 
-def fsync_dir(folder: Path) -> None:
-    """fsync a folder (its entries: new names and renames)."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_durably(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary, fsync it, rename it over ``path`` and fsync the folder."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
 def save_checkpoint(
     engines: Mapping[str, Engine],
     root: str | Path,
@@ -148,8 +129,8 @@ def save_checkpoint(
     fsync_tree(d)
     barrier()  # every rank's files are on disk past this point
     if is_main():
-        write_durably(d / COMPLETE, f"world_size={get_world_size()}\n")
-        write_durably(root / LATEST, d.name)
+        write_text(d / COMPLETE, f"world_size={get_world_size()}\n")
+        write_text(root / LATEST, d.name)
         _prune(root, step, keep_last, keep)
     barrier()
     return d
