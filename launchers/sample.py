@@ -2,7 +2,8 @@
 
 python launchers/sample.py --run runs/ldm --tokenizer runs/vqgan/tokenizer.safetensors --all-classes --num-videos 8 --sampler ddim --steps 100 --guidance 4.0 --output runs/samples
 python launchers/sample.py --run runs/ldm --tokenizer runs/vqgan/tokenizer.safetensors --class-id 2 --num-clips 4 --overlap 1 --seed 7 --output runs/samples_long
-torchrun --nproc_per_node 2 launchers/sample.py --run runs/ldm ...   (each rank writes its own share)
+python launchers/sample.py --run runs/ldm --tokenizer runs/vqgan/tokenizer.safetensors --all-classes --num-videos 2048 --format npy --output runs/fake   (lossless frames for launchers/evaluate.py --fake)
+torchrun --nproc_per_node 2 launchers/sample.py --run-dir runs/ldm ...   (each rank writes its own share)
 """
 
 from vqvdm_scale.config import Flag, run_cli
@@ -10,6 +11,11 @@ from vqvdm_scale.sample.main import SampleRunConfig, main
 
 FLAGS = {
     "run": Flag("run", "training run dir (uses its latest checkpoint's EMA weights)", path="dir"),
+    "run-dir": Flag(
+        "run",
+        "the same as --run; under torchrun write --run-dir, as torchrun reads --run as its --run-path",
+        path="dir",
+    ),
     "checkpoint": Flag("checkpoint", "checkpoint dir or ema.safetensors file", path="any"),
     "tokenizer": Flag("tokenizer", "stage-1 export (tokenizer.safetensors)", required=True, path="file"),
     "class-id": Flag("class_id", "class to sample"),
@@ -26,6 +32,9 @@ FLAGS = {
     "seed": Flag("sample.seed", "base seed"),
     "fps": Flag("fps", "output fps (null: the training clips' fps)"),
     "device": Flag("device", "auto, cpu or cuda"),
+    "format": Flag(
+        "formats", "video files: mp4, npy, png or a list (npy/png: lossless uint8 frames for metrics)"
+    ),
     "output": Flag("output", "output folder", metavar="DIR"),
 }
 

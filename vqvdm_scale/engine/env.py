@@ -176,6 +176,15 @@ def gather_floats(values: list[float]) -> list[list[float]]:
     return [t.tolist() for t in out]
 
 
+def gather_objects(obj: Any) -> list[Any]:
+    """Every rank's picklable ``obj``, by rank, on every rank (``all_gather_object``; for small results)."""
+    if not is_dist():
+        return [obj]
+    out: list[Any] = [None] * get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def seed_everything(seed: int) -> None:
     """Seed python, numpy and torch (CPU and CUDA)."""
     random.seed(seed)

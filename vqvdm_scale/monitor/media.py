@@ -10,8 +10,12 @@ from einops import rearrange
 
 
 def to_uint8(video: torch.Tensor) -> np.ndarray:
-    """``[..., C, T, H, W]`` in [-1, 1] -> uint8 ``[..., T, H, W, 3]``."""
-    v = ((video.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
+    """``[..., C, T, H, W]`` in [-1, 1] -> uint8 ``[..., T, H, W, 3]``.
+
+    The conversion is StyleGAN-V's for generated videos, ``(x * 127.5 + 128).clamp(0, 255)`` truncated
+    (round half up), so the frames that metrics read are the ones its protocol would have scored.
+    """
+    v = (video.detach().float() * 127.5 + 128).clamp(0, 255).to(torch.uint8).cpu()
     v = v.movedim(-4, -1)  # C to last: [..., T, H, W, C]
     if v.shape[-1] == 1:
         v = v.expand(*v.shape[:-1], 3)

@@ -100,9 +100,17 @@ def decode_latents(
     return torch.cat(pieces, dim=2)
 
 
-def write_videos(videos: torch.Tensor, out_dir: str | Path, names: Sequence[str], fps: float) -> list[Path]:
-    """One mp4 per video plus, for the batch, an animated GIF and a PNG grid; returns the mp4 paths."""
+def write_videos(
+    videos: torch.Tensor,
+    out_dir: str | Path,
+    names: Sequence[str],
+    fps: float,
+    formats: Sequence[str] = ("mp4",),
+) -> list[Path]:
+    """Each video in every one of ``formats`` (mp4; lossless npy / png frames for metrics), plus, when mp4
+    is among them, an animated GIF and a PNG grid of the batch; returns the paths of the videos."""
     from vqvdm_scale.data.video_io import encode_mp4
+    from vqvdm_scale.formats.frames import write_npy, write_png_dir
     from vqvdm_scale.monitor.media import gif_bytes, png_grid, tile_videos, to_uint8
 
     out = Path(out_dir)
@@ -110,12 +118,18 @@ def write_videos(videos: torch.Tensor, out_dir: str | Path, names: Sequence[str]
     frames = to_uint8(videos)  # N,T,H,W,3
     paths = []
     for name, f in zip(names, frames, strict=True):
-        p = out / f"{name}.mp4"
-        p.write_bytes(encode_mp4(_even(f), fps))
-        paths.append(p)
-    stem = names[0] if len(names) == 1 else f"{names[0]}__{names[-1]}"
-    (out / f"{stem}.gif").write_bytes(gif_bytes(tile_videos(videos), fps))
-    png_grid(videos, str(out / f"{stem}.png"))
+        if "mp4" in formats:
+            p = out / f"{name}.mp4"
+            p.write_bytes(encode_mp4(_even(f), fps))
+            paths.append(p)
+        if "npy" in formats:
+            paths.append(write_npy(out / f"{name}.npy", f))
+        if "png" in formats:
+            paths.append(write_png_dir(out / name, f))
+    if "mp4" in formats:
+        stem = names[0] if len(names) == 1 else f"{names[0]}__{names[-1]}"
+        (out / f"{stem}.gif").write_bytes(gif_bytes(tile_videos(videos), fps))
+        png_grid(videos, str(out / f"{stem}.png"))
     return paths
 
 

@@ -26,8 +26,10 @@ from vqvdm_scale.engine.env import (
     pick_device,
     print0,
 )
-from vqvdm_scale.formats.ldm_export import EMA_FILE, load_ema
+from vqvdm_scale.formats.frames import FRAME_FORMATS
+from vqvdm_scale.formats.ldm_export import EMA_FILE, SamplingModel, load_ema
 from vqvdm_scale.formats.tokenizer_export import load_tokenizer
+from vqvdm_scale.models.tokenizer import VQTokenizer
 from vqvdm_scale.monitor.progress import JobProgress, duration, is_terminal
 from vqvdm_scale.sample.api import SampleConfig, decode_latents, generate_latents, write_videos
 
@@ -42,6 +44,8 @@ class SampleRunConfig:
         tokenizer: the stage-1 export; its fingerprint must match the one the model was trained with.
         class_id: the class to sample (or all_classes: cycle through every class).
         batch_size: videos per sampler call on a rank (CFG doubles it inside).
+        formats: files per video: ``mp4`` (with a GIF and PNG grid per batch), and the lossless ``npy``
+            (uint8 ``[T, H, W, 3]``) or ``png`` (a folder of frames) that metrics read.
     """
 
     run: Optional[str] = None
@@ -52,6 +56,7 @@ class SampleRunConfig:
     num_videos: int = 4
     batch_size: int = 4
     output: str = "samples"
+    formats: list[str] = field(default_factory=lambda: ["mp4"])
     fps: Optional[float] = None
     device: str = "auto"
     progress: bool = True
@@ -68,6 +73,9 @@ class SampleRunConfig:
             raise ConfigError("give --class-id N or --all-classes, not both")
         if self.class_id is not None and self.class_id < 0:
             raise ConfigError(f"--class-id must be >= 0, got {self.class_id}")
+        bad = [f for f in self.formats if f not in FRAME_FORMATS]
+        if bad or not self.formats:
+            raise ConfigError(f"--format takes a list of {', '.join(FRAME_FORMATS)}, got {self.formats}")
         if self.fps is not None and self.fps <= 0:
             raise ConfigError(f"--fps must be > 0 (or null for the training clips' fps), got {self.fps}")
 
@@ -108,6 +116,23 @@ def _checkpoint_ema(ckpt: Path) -> Path:
     )
 
 
+def load_model_and_tokenizer(
+    ema_path: Path, tokenizer_path: str, device: torch.device
+) -> tuple[SamplingModel, VQTokenizer]:
+    """The EMA sampling model and the tokenizer its latents came from; UserError if they do not belong together."""
+    sm = load_ema(ema_path, device)
+    try:
+        tokenizer, _, fingerprint = load_tokenizer(tokenizer_path, device)
+    except (FileNotFoundError, ValueError) as e:  # a wrong --tokenizer file, said by load_tokenizer
+        raise UserError(f"--tokenizer: {e}") from e
+    if fingerprint != sm.tokenizer_fingerprint:
+        raise UserError(
+            f"tokenizer {tokenizer_path} has fingerprint {fingerprint[:16]}..., but the model was trained on latents "
+            f"of {sm.tokenizer_fingerprint[:16]}...: pass the tokenizer the latent cache was encoded with"
+        )
+    return sm, tokenizer
+
+
 def main(cfg: SampleRunConfig) -> list[Path]:
     """Sample this rank's share of videos; return the mp4 paths it wrote."""
     ema_path = cfg.ema_path()  # a wrong --run / --checkpoint is said before any process group starts
@@ -117,16 +142,7 @@ def main(cfg: SampleRunConfig) -> list[Path]:
     device = pick_device(cfg.device)
     if get_world_size() > 1:
         print(describe_rank(device), flush=True)
-    sm = load_ema(ema_path, device)
-    try:
-        tokenizer, _, fingerprint = load_tokenizer(cfg.tokenizer, device)
-    except (FileNotFoundError, ValueError) as e:  # a wrong --tokenizer file, said by load_tokenizer
-        raise UserError(f"--tokenizer: {e}") from e
-    if fingerprint != sm.tokenizer_fingerprint:
-        raise UserError(
-            f"tokenizer {cfg.tokenizer} has fingerprint {fingerprint[:16]}..., but the model was trained on latents "
-            f"of {sm.tokenizer_fingerprint[:16]}...: pass the tokenizer the latent cache was encoded with"
-        )
+    sm, tokenizer = load_model_and_tokenizer(ema_path, cfg.tokenizer, device)
     num_classes = sm.net.config.num_classes
     if cfg.class_id is not None and not 0 <= cfg.class_id < max(num_classes, 1):
         raise UserError(
@@ -152,7 +168,7 @@ def main(cfg: SampleRunConfig) -> list[Path]:
         names = [
             f"video_{i:05d}_class{c:03d}_{_slug(sm.classes, c)}" for i, c in zip(idx, labels, strict=True)
         ]
-        paths += write_videos(video.cpu(), out, names, fps)
+        paths += write_videos(video.cpu(), out, names, fps, cfg.formats)
         bar.update(len(idx))
     bar.close()
     if rank == 0:
