@@ -224,17 +224,10 @@ def _lpips(cfg: EvalConfig, device: torch.device) -> Any:
 def _open_sources(cfg: EvalConfig, device: torch.device) -> tuple[Any, Optional[Fakes]]:
     """The tokenizer (if one is given) and the generated videos: files, or a model to sample from."""
     from vqvdm_scale.formats.tokenizer_export import load_tokenizer
-    from vqvdm_scale.sample.main import SampleRunConfig, load_model_and_tokenizer
+    from vqvdm_scale.sample.main import load_model_and_tokenizer
 
     if cfg.run:
-        p = Path(cfg.run)
-        by_file = p.is_file() or p.name.startswith("step_")
-        where = (
-            SampleRunConfig(checkpoint=cfg.run, tokenizer=str(cfg.tokenizer))
-            if by_file
-            else SampleRunConfig(run=cfg.run, tokenizer=str(cfg.tokenizer))
-        )
-        ema = where.ema_path()
+        ema = _ema_path(cfg)
         sm, tokenizer = load_model_and_tokenizer(ema, str(cfg.tokenizer), device)
         return tokenizer, ModelFakes(sm, tokenizer, cfg.sample, device, str(ema), cfg.progress)
     tokenizer = None
@@ -246,9 +239,34 @@ def _open_sources(cfg: EvalConfig, device: torch.device) -> tuple[Any, Optional[
     return tokenizer, DirFakes(cfg.fake) if cfg.fake else None
 
 
+def _check_inputs(cfg: EvalConfig) -> None:
+    from vqvdm_scale.formats.frames import find_videos
+
+    if cfg.fake:
+        find_videos(cfg.fake)
+    if cfg.run:
+        _ema_path(cfg)
+    if cfg.real:
+        open_real(cfg.real, cfg.split)
+
+
+def _ema_path(cfg: EvalConfig) -> Path:
+    from vqvdm_scale.sample.main import SampleRunConfig
+
+    p, tok = Path(str(cfg.run)), str(cfg.tokenizer)
+    by_file = p.is_file() or p.name.startswith("step_")
+    where = (
+        SampleRunConfig(checkpoint=cfg.run, tokenizer=tok)
+        if by_file
+        else SampleRunConfig(run=cfg.run, tokenizer=tok)
+    )
+    return where.ema_path()
+
+
 def main(cfg: EvalConfig) -> dict[str, Any]:
     """Evaluate, write ``cfg.output`` (and a sweep's files) on rank 0, and return the results."""
     t0 = time.perf_counter()
+    _check_inputs(cfg)  # a wrong path is said before any process group starts
     init_distributed()
     device = pick_device(cfg.device)
     if get_world_size() > 1:

@@ -70,18 +70,17 @@ def read_frames(path: str | Path) -> np.ndarray:
 
 
 def find_videos(folder: str | Path) -> list[Path]:
-    """The lossless videos in ``folder`` (``*.npy`` and PNG folders), sorted by name.
+    """The lossless videos in ``folder`` (``*.npy`` and PNG folders), sorted by name; a video written in
+    both forms (``sample.py --format npy,png``) is counted once, from its ``.npy``.
 
     A folder of only mp4 files is refused: metrics on re-compressed H.264 are not comparable.
     """
     d = Path(folder)
     if not d.is_dir():
         raise UserError(f"--fake {str(d)!r} is not a directory of generated videos")
-    found = sorted(
-        p
-        for p in d.iterdir()
-        if (p.suffix == ".npy" and p.is_file()) or (p.is_dir() and any(p.glob("frame_*.png")))
-    )
+    npy = {p.stem: p for p in d.iterdir() if p.suffix == ".npy" and p.is_file()}
+    png = {p.name: p for p in d.iterdir() if p.is_dir() and any(p.glob("frame_*.png"))}
+    found = sorted([*npy.values(), *(p for name, p in png.items() if name not in npy)])  # one form per video
     if not found:
         mp4 = any(d.glob("*.mp4"))
         hint = (

@@ -81,6 +81,8 @@ def _read(url: str, kind: Kind, flag: str) -> bytes:
             f"{flag} {url!r}: no such file; nothing is downloaded at run time: get {PUBLISHED[kind]}, "
             f"and pass its path"
         ) from e
+    except OSError as e:  # permissions, a broken mount, an object store error
+        raise UserError(f"{flag} {url!r}: cannot read it ({e.__class__.__name__}: {e})") from e
 
 
 def _is_torchscript(data: bytes) -> bool:
@@ -129,13 +131,19 @@ def load_detector(url: str, kind: Kind, device: torch.device | str = "cpu", flag
     data = _read(url, kind, flag)
     sha = hashlib.sha256(data).hexdigest()
     if _is_torchscript(data):
-        module = torch.jit.load(io.BytesIO(data), map_location=device)
+        try:
+            module = torch.jit.load(io.BytesIO(data), map_location=device)
+        except RuntimeError as e:
+            raise UserError(
+                f"{flag} {url}: a damaged TorchScript file ({str(e).splitlines()[0][:200]})"
+            ) from e
         form = "torchscript"
     else:
         try:
             sd = _state_dict(data, url)
         except _UNREADABLE as e:  # not a torch/safetensors file at all
-            raise UserError(f"{flag} {url}: not a TorchScript module or state dict ({e})") from e
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise UserError(f"{flag} {url}: not a TorchScript module or state dict ({first})") from e
         module = I3D() if kind == "i3d" else C3D()
         try:
             module.load_state_dict(sd, strict=True)
