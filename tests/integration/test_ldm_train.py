@@ -6,6 +6,7 @@ session fixture ``tiny_latent_cache`` (synthetic videos -> random tiny tokenizer
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,17 @@ def _overrides(cache: dict[str, Path], run_dir: Path, *extra: str) -> list[str]:
         "model.model_channels=16",
         "model.head_dim=16",
         *extra,
+    ]
+
+
+def _EVAL(cache: dict[str, Path]) -> list[str]:
+    """FVD/KVD at step 3 with random-weight detectors of the exact architectures (no weights here)."""
+    return [
+        "eval.every=3",
+        f"eval.real={cache['videos']}",
+        "eval.num_samples=4",
+        "eval.random_detectors=true",
+        "eval.batch_size=2",
     ]
 
 
@@ -75,6 +87,7 @@ def test_two_rank_zero_runs_write_checkpoints_events_and_ema(
                 "run.media_every=3",
                 f"train.zero_stage={zero_stage}",
                 "train.ema_decay=0.5",
+                *(_EVAL(tiny_latent_cache) if zero_stage == 3 else []),
             ),
         ),
     )
@@ -101,6 +114,11 @@ def test_two_rank_zero_runs_write_checkpoints_events_and_ema(
         assert tag in tags, tag
     assert any(t.startswith("train/loss_t") for t in tags)
     assert "samples/class_conditional" in acc.Tags()["images"]
+    if zero_stage == 3:  # evaluation during training (issue 13): both ranks sample, rank 0 logs and writes
+        assert {"eval/fvd", "eval/kvd"} <= tags
+        result = json.loads((run / "eval" / "step_00000003.json").read_text())
+        assert result["step"] == 3 and result["world_size"] == 2 and result["fake"]["count"] == 4
+        assert result["metrics"]["fvd"] > 0 and result["protocol"]["num_real"] == 4
 
 
 def test_resume_gives_the_same_losses(tiny_latent_cache: dict[str, Path], tmp_path: Path) -> None:

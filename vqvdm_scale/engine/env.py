@@ -185,6 +185,15 @@ def gather_objects(obj: Any) -> list[Any]:
     return out
 
 
+def broadcast_tensors(tensors: list[torch.Tensor], src: int = 0) -> None:
+    """Overwrite ``tensors`` on every rank with rank ``src``'s, in place (same shapes everywhere; with NCCL
+    they must be on this rank's GPU)."""
+    if not is_dist():
+        return
+    for t in tensors:
+        dist.broadcast(t, src=src)
+
+
 def seed_everything(seed: int) -> None:
     """Seed python, numpy and torch (CPU and CUDA)."""
     random.seed(seed)

@@ -118,3 +118,64 @@ class EvalConfig:
         key, values = parse_sweep(self.sweep)
         if values and self.run is None:
             raise ConfigError("--sweep samples at each guidance weight: it needs --run, not --fake")
+
+
+@dataclass
+class PeriodicEvalConfig:
+    """Evaluation while training (the ``eval`` section of an LDM config): FVD/KVD (and IS) of the EMA weights.
+
+    Args:
+        every: evaluate every this many steps (0 = never); each rank samples its share.
+        num_samples: generated clips, and real videos (one clip each), per evaluation.
+        metrics: any of fvd, kvd, is; logged to TensorBoard as ``eval/<metric>``.
+        real: real video shards; i3d / c3d: the detector files (see ``launchers/evaluate.py``).
+        random_detectors: randomly initialised detectors (tests and smoke runs only).
+        cache_dir: real-feature cache; empty = ``<run.dir>/eval/cache``. Each result is also written to
+            ``<run.dir>/eval/step_XXXXXXXX.json``.
+    """
+
+    every: int = 0
+    num_samples: int = 256
+    metrics: list[str] = field(default_factory=lambda: ["fvd", "kvd"])
+    real: Optional[str] = None
+    i3d: Optional[str] = None
+    c3d: Optional[str] = None
+    random_detectors: bool = False
+    batch_size: int = 8
+    cache_dir: str = ""
+
+    def __post_init__(self) -> None:
+        if self.every < 0 or self.num_samples < 2:
+            raise ConfigError("eval.every must be >= 0 and eval.num_samples >= 2")
+        bad = [m for m in self.metrics if m not in ("fvd", "kvd", "is")]
+        if bad:
+            raise ConfigError(f"eval.metrics takes fvd, kvd and is during training, got {self.metrics}")
+        if self.every and not self.real and {"fvd", "kvd"} & set(self.metrics):
+            raise ConfigError("eval.every > 0 needs eval.real: the real video shards to compare with")
+        if self.every and not self.random_detectors:
+            if {"fvd", "kvd"} & set(self.metrics) and not self.i3d:
+                raise ConfigError("eval.every > 0 needs eval.i3d: the path of i3d_torchscript.pt")
+            if "is" in self.metrics and not self.c3d:
+                raise ConfigError("eval.metrics has is: give eval.c3d, the path of c3d_ucf101.pt")
+
+    def eval_config(self, run_dir: str, tokenizer: str, sample: SampleConfig, step: int) -> EvalConfig:
+        """The :class:`EvalConfig` of one evaluation at ``step`` (IS on the same samples as FVD)."""
+        return EvalConfig(
+            real=self.real,
+            run=run_dir,
+            tokenizer=tokenizer,
+            metrics=list(self.metrics),
+            i3d=self.i3d,
+            c3d=self.c3d,
+            random_detectors=self.random_detectors,
+            protocol=ProtocolConfig(
+                num_real=self.num_samples,
+                num_fake=self.num_samples,
+                is_samples=self.num_samples if "is" in self.metrics else None,
+            ),
+            sample=sample,
+            batch_size=self.batch_size,
+            cache_dir=self.cache_dir or f"{run_dir}/eval/cache",
+            output=f"{run_dir}/eval/step_{step:08d}.json",
+            progress=False,
+        )

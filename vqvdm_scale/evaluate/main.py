@@ -33,7 +33,7 @@ from vqvdm_scale.metrics.real_clips import RealSource, open_real
 from vqvdm_scale.metrics.stats import frechet_distance, gaussian_stats, inception_score, polynomial_mmd
 from vqvdm_scale.models.detectors import C3D, I3D
 
-__all__ = ["evaluate", "main"]
+__all__ = ["build_detector", "evaluate", "main"]
 
 Fakes = Union[DirFakes, ModelFakes]
 
@@ -57,7 +57,8 @@ def _random_detector(kind: Kind, device: torch.device) -> Detector:
     )
 
 
-def _detector(cfg: EvalConfig, kind: Kind, device: torch.device) -> Optional[Detector]:
+def build_detector(cfg: EvalConfig, kind: Kind, device: torch.device) -> Optional[Detector]:
+    """The ``kind`` detector if a metric of ``cfg`` needs it: from its file, or random for smoke runs."""
     letter = "i" if kind == "i3d" else "c"
     if not any(letter in METRICS[m] for m in cfg.metrics):
         return None
@@ -271,7 +272,7 @@ def main(cfg: EvalConfig) -> dict[str, Any]:
     device = pick_device(cfg.device)
     if get_world_size() > 1:
         print(describe_rank(device), flush=True)
-    i3d, c3d = _detector(cfg, "i3d", device), _detector(cfg, "c3d", device)
+    i3d, c3d = build_detector(cfg, "i3d", device), build_detector(cfg, "c3d", device)
     real = open_real(cfg.real, cfg.split) if cfg.real else None
     tokenizer, fakes = _open_sources(cfg, device)
     resolution = cfg.protocol.resolution or (fakes.resolution if fakes else None)

@@ -22,6 +22,7 @@ from vqvdm_scale.diffusion import DiffusionConfig, DiffusionLoss, GaussianDiffus
 from vqvdm_scale.engine.config import TrainConfig
 from vqvdm_scale.engine.deepspeed_engine import build_engine
 from vqvdm_scale.engine.env import barrier, is_main, print0
+from vqvdm_scale.evaluate.config import PeriodicEvalConfig
 from vqvdm_scale.formats.labels import check_label_counts
 from vqvdm_scale.formats.latent_shards import LatentStats, check_fingerprint
 from vqvdm_scale.formats.ldm_export import EMA_FILE, LatentSpec, save_ema
@@ -45,6 +46,7 @@ class LDMRunConfig:
         tokenizer: the stage-1 export (``tokenizer.safetensors``) the latents were made with.
         class_conditional: condition on the cache's classes (model.num_classes is set from them).
         media_videos: class-conditional sample videos decoded into TensorBoard every run.media_every steps.
+        eval: FVD/KVD (and IS) of the EMA weights every ``eval.every`` steps, logged as ``eval/<metric>``.
     """
 
     run: RunConfig = field(default_factory=lambda: RunConfig(dir="runs/ldm"))
@@ -56,6 +58,7 @@ class LDMRunConfig:
     tokenizer: str = ""
     class_conditional: bool = True
     media_videos: int = 4
+    eval: PeriodicEvalConfig = field(default_factory=PeriodicEvalConfig)
 
     def __post_init__(self) -> None:
         if self.diffusion.context_mode != "none" and not self.model.context_frames:
@@ -133,6 +136,7 @@ class LDMTrainer(Trainer):
         # fps for samples: the clip fps of the data, read off the first batch (8 until then).
         self.spec = LatentSpec(shape=shape, stats=LatentStats.from_manifest(self.manifest), fps=8.0)  # type: ignore[arg-type]
         self._fps_seen = False
+        self._evaluator: Any = None
 
     def build_loader(self, state: dict[str, Any] | None) -> Any:
         """The latent loader of this rank (refuses a cache made by another tokenizer)."""
@@ -239,6 +243,27 @@ class LDMTrainer(Trainer):
         )
         video = decode_latents(self.tokenizer, z, self.spec, self.cfg.sample.quantize)
         self.logger.video("samples/class_conditional", video, step, fps=self.spec.fps)
+
+    def eval_every(self) -> int:
+        return self.cfg.eval.every
+
+    def evaluate(self, step: int) -> None:
+        """FVD/KVD (and IS) of the EMA weights on every rank (:mod:`vqvdm_scale.train.ldm_eval`)."""
+        from vqvdm_scale.train.ldm_eval import PeriodicEval, scalars
+
+        weights = self.ema_weights()
+        if self._evaluator is None:
+            self._evaluator = PeriodicEval(self.cfg.eval, str(self.run_dir), self.cfg.tokenizer, self.device)
+        metrics = self._evaluator(
+            step,
+            weights,
+            self.cfg.model,
+            self.diffusion,
+            self.spec,
+            list(self.manifest.get("classes") or []),
+            dataclasses.replace(self.cfg.sample, num_clips=1),
+        )
+        self.logger.scalars(scalars(metrics), step)
 
 
 def main(cfg: LDMRunConfig) -> Path:

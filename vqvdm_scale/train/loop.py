@@ -170,6 +170,13 @@ class Trainer(ABC):
     def media(self, step: int) -> None:
         """Videos/metrics for TensorBoard every ``run.media_every`` steps (rank 0 logs them)."""
 
+    def eval_every(self) -> int:
+        """Steps between evaluations (0 = none); every rank calls :meth:`evaluate` at those steps."""
+        return 0
+
+    def evaluate(self, step: int) -> None:
+        """Metrics of the current weights, logged to TensorBoard (every rank takes part)."""
+
     def flops_per_step(self, batch: Any) -> float:
         """FLOPs of one optimiser step on this rank, for MFU (0 = not measured)."""
         return 0.0
@@ -377,6 +384,9 @@ class Trainer(ABC):
             if self.run_cfg.media_every and self.step % self.run_cfg.media_every == 0:
                 with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
                     self.media(self.step)
+            if self.eval_every() and self.step % self.eval_every() == 0:
+                with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                    self.evaluate(self.step)
             stop.agree(max_over_ranks(stop.signum))
             stopping = stop.signum != 0
             if first:  # past start-up (JIT builds, first loads): from now on a dead peer ends the job soon
