@@ -146,3 +146,13 @@ def test_sampling_bench_tiny_scales_timed_steps(capsys: pytest.CaptureFixture[st
     assert out["paper_ratio"] == pytest.approx(35.26 / 3.95)
     with pytest.raises(ValueError, match="single pass"):
         sampling.main([*argv, "--guidance", "1"])
+
+
+def test_evaluate_benchmark_times_the_detectors_and_the_statistics() -> None:
+    """benchmarks.evaluate runs the real I3D/C3D (random weights) and the FVD/KVD maths, and estimates a
+    whole protocol's detector time from them."""
+    from benchmarks import evaluate
+
+    r = evaluate.main(["--resolution", "16", "--batch", "1", "--features", "64", "--repeats", "1"])
+    assert r["i3d_s_per_clip"] > 0 and r["c3d_s_per_clip"] > 0 and r["fvd_s"] > 0 and r["kvd_s"] > 0
+    assert r["protocol_detector_s"] == pytest.approx(4096 * r["i3d_s_per_clip"] + 2048 * r["c3d_s_per_clip"])
