@@ -1,8 +1,9 @@
 """Submit a stage to Slurm (or run it through submitit locally): one launcher for every stage.
 
-python launchers/submit.py --stage vqgan|encode|ldm|sample --config CFG [key=value ...] --nodes N --gpus-per-node G [--partition P --account A --time HH:MM:SS --constraint C --qos Q --mem M] [--cluster slurm|local|debug] [--dry-run]
+python launchers/submit.py --stage vqgan|encode|ldm|sample|eval --config CFG [key=value ...] --nodes N --gpus-per-node G [--partition P --account A --time HH:MM:SS --constraint C --qos Q --mem M] [--cluster slurm|local|debug] [--dry-run]
 python launchers/submit.py --stage ldm --config configs/ldm/B.yaml --slurm-config configs/slurm/example.yaml --nodes 2 --gpus-per-node 8 run.dir=runs/ldm_B data.train_latents=... tokenizer=...
 python launchers/submit.py --stage encode --config enc.yaml --array-tasks 16 --cpu    (a job array, one task per shard range)
+python launchers/submit.py --stage eval --gpus-per-node 8 real=data/ucf101_test fake=runs/fake metrics=[fvd,kvd] i3d=weights/i3d_torchscript.pt output=runs/eval/results.json
 """
 
 from __future__ import annotations
@@ -23,7 +24,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
-        "--stage", required=True, choices=sorted(stages()), help="which stage's main(cfg) the job runs"
+        "--stage",
+        required=True,
+        choices=sorted(stages()),
+        help="which stage's main(cfg) the job runs; logs go to <run.dir>/slurm/ (vqgan, ldm), <output>/slurm/"
+        " (encode, sample) or <folder of output>/slurm/ (eval; runs/eval/slurm/ for a bare file name)",
     )
     p.add_argument(
         "--config", "-c", metavar="FILE", help="the stage's YAML config (its slurm: section is read too)"

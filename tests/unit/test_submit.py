@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.conftest import REPO
 from vqvdm_scale.config import load_config
@@ -80,3 +81,57 @@ def test_encode_array_ranges_cover_every_shard_once() -> None:
     bounds = [tuple(map(int, r.split(":"))) for r in array_ranges(1001, 7)]
     assert bounds[0][0] == 0 and bounds[-1][1] == 1001
     assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:], strict=False))
+
+
+def test_eval_dry_run_prints_the_script_and_the_resolved_eval_config(tmp_path: Path) -> None:
+    out_json = tmp_path / "eval" / "results.json"
+    out = _submit(
+        "--stage", "eval", "--gpus-per-node", "4", "--cpu", "--time", "02:00:00", "--dry-run",
+        "real=/data/ucf101_test", "fake=/runs/fake", "metrics=[fvd,kvd]", "random_detectors=true",
+        "protocol.num_fake=64", f"output={out_json}",
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    head, script = out.stdout.split("# sbatch script:\n")
+    assert head.startswith("# eval: 1 job(s), resolved config:\n")
+    cfg = yaml.safe_load(head.split("resolved config:\n")[1].split("# slurm:\n")[0])
+    assert (cfg["real"], cfg["fake"], cfg["run"]) == ("/data/ucf101_test", "/runs/fake", None)
+    assert cfg["metrics"] == ["fvd", "kvd"] and cfg["random_detectors"] is True
+    assert cfg["protocol"]["num_fake"] == 64 and cfg["output"] == str(out_json)
+    assert cfg["batch_size"] == 8 and cfg["ema"] is True  # EvalConfig's defaults fill the rest
+    for line in (
+        "#SBATCH --job-name=vqvdm-eval",
+        "#SBATCH --nodes=1",
+        "#SBATCH --ntasks-per-node=4",  # one rank per GPU, as for sample
+        "#SBATCH --time=120",
+        f"#SBATCH --output={tmp_path / 'eval'}/slurm/%j/%j_0_log.out",  # beside the results JSON
+    ):
+        assert line in script, line
+    assert "--gpus-per-node" not in script  # --cpu
+    assert "srun --unbuffered" in script and "submitit.core._submit" in script
+    assert not out_json.parent.exists()  # nothing was submitted or written
+
+
+def test_eval_logs_fall_back_to_runs_eval_for_a_bare_output_name() -> None:
+    from vqvdm_scale.launch.submit import stages
+
+    cfg, _ = load_stage("eval", None, ["real=/r", "fake=/f", "random_detectors=true"], None, {})
+    assert cfg.output == "results.json" and stages()["eval"].log_root(cfg) == "runs/eval"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["fake=/runs/fake", "i3d=/w/i3d.pt"], "--metrics fvd,kvd compare with real videos: give --real"),
+        (["real=/r", "i3d=/w/i3d.pt"], "give exactly one of --fake DIR or --run DIR"),
+        (["real=/r", "fake=/f", "metrics=[fid]"], "--metrics takes a list of fvd, kvd"),
+    ],
+)
+def test_a_bad_eval_config_is_one_line_with_exit_2_before_submitting(
+    args: list[str], message: str, tmp_path: Path
+) -> None:
+    # no --dry-run and no Slurm to submit to: the config must fail before any sbatch is tried
+    out = _submit("--stage", "eval", *args, f"output={tmp_path / 'e' / 'results.json'}")
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert out.stderr.startswith("config error: ") and message in out.stderr, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and "submitted" not in out.stdout
+    assert not (tmp_path / "e").exists()

@@ -39,13 +39,21 @@ def write_npy(path: str | Path, frames: np.ndarray) -> Path:
 
 
 def write_png_dir(path: str | Path, frames: np.ndarray) -> Path:
-    """Write ``[T, H, W, 3]`` uint8 frames as ``path/frame_00000.png`` ... (lossless)."""
+    """Write ``[T, H, W, 3]`` uint8 frames as ``path/frame_00000.png`` ... (lossless), replacing any folder
+    there: the frames go to a temporary folder that is renamed into place when complete."""
+    import shutil
+
     from PIL import Image
 
+    frames = _check(frames)
     d = Path(path)
-    d.mkdir(parents=True, exist_ok=True)
-    for i, f in enumerate(_check(frames)):
-        Image.fromarray(f).save(d / f"frame_{i:05d}.png")
+    tmp = d.with_name(f".{d.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for i, f in enumerate(frames):
+        Image.fromarray(f).save(tmp / f"frame_{i:05d}.png")
+    shutil.rmtree(d, ignore_errors=True)
+    tmp.rename(d)
     return d
 
 
@@ -79,7 +87,11 @@ def find_videos(folder: str | Path) -> list[Path]:
     if not d.is_dir():
         raise UserError(f"--fake {str(d)!r} is not a directory of generated videos")
     npy = {p.stem: p for p in d.iterdir() if p.suffix == ".npy" and p.is_file()}
-    png = {p.name: p for p in d.iterdir() if p.is_dir() and any(p.glob("frame_*.png"))}
+    png = {
+        p.name: p
+        for p in d.iterdir()
+        if p.is_dir() and not p.name.startswith(".") and any(_FRAME_NAME.match(f.name) for f in p.iterdir())
+    }
     found = sorted([*npy.values(), *(p for name, p in png.items() if name not in npy)])  # one form per video
     if not found:
         mp4 = any(d.glob("*.mp4"))

@@ -1,8 +1,13 @@
 """Submit any stage as a submitit job: sbatch on Slurm, processes on this machine, or in-process.
 
 Each task calls the same ``main(cfg)`` as the stage's own entry script (launchers/train_*.py,
-data_prep/encode_latents.py, launchers/sample.py): submitit starts ``nodes x gpus_per_node`` tasks with
-``srun`` and :mod:`vqvdm_scale.engine.cluster` turns Slurm's variables into one torch world.
+data_prep/encode_latents.py, launchers/sample.py, launchers/evaluate.py): submitit starts
+``nodes x gpus_per_node`` tasks with ``srun`` and :mod:`vqvdm_scale.engine.cluster` turns Slurm's variables
+into one torch world.
+
+Job logs go to ``<run.dir>/slurm/<job id>/`` for vqgan and ldm, ``<output>/slurm/`` for encode and sample,
+and ``<folder of output>/slurm/`` for eval (whose output is the results JSON; ``runs/eval`` when it has no
+folder).
 
 Preemption and time limits: the job is a submitit ``Checkpointable``. Slurm sends USR2 (``scancel
 --signal=USR2``, a preemption, or ``signal_delay_s`` before the time limit); the training loop's handler
@@ -45,6 +50,8 @@ class Stage:
 
 def stages() -> dict[str, Stage]:
     """The stages submit.py runs (imported lazily: each pulls in its own models)."""
+    from vqvdm_scale.evaluate.config import EvalConfig
+    from vqvdm_scale.evaluate.main import main as eval_main
     from vqvdm_scale.prep.encode_latents import EncodeConfig
     from vqvdm_scale.prep.encode_latents import main as encode_main
     from vqvdm_scale.sample.main import SampleRunConfig
@@ -57,11 +64,16 @@ def stages() -> dict[str, Stage]:
     def local_or(path: str, fallback: str) -> str:
         return path if path and "://" not in path else fallback
 
+    def folder_of(path: str, fallback: str) -> str:
+        parent = str(Path(path).parent) if path and "://" not in path else ""
+        return parent if parent not in ("", ".") else fallback
+
     return {
         "vqgan": Stage(VQGANRunConfig, vqgan_main, lambda c: c.run.dir),
         "ldm": Stage(LDMRunConfig, ldm_main, lambda c: c.run.dir),
         "encode": Stage(EncodeConfig, encode_main, lambda c: local_or(c.output, "runs/encode")),
         "sample": Stage(SampleRunConfig, sample_main, lambda c: local_or(c.output, "runs/sample")),
+        "eval": Stage(EvalConfig, eval_main, lambda c: folder_of(c.output, "runs/eval")),
     }
 
 
@@ -118,7 +130,7 @@ def tasks_for(stage: str, cfg: Any, slurm: SlurmConfig) -> list[StageTask]:
 
 
 def executor(stage: str, cfg: Any, slurm: SlurmConfig) -> submitit.AutoExecutor:
-    """submitit's AutoExecutor for this stage, logging under ``<run dir>/slurm/%j``."""
+    """submitit's AutoExecutor for this stage, logging under ``<log root>/slurm/%j`` (see the module doc)."""
     folder = Path(stages()[stage].log_root(cfg)) / "slurm" / "%j"
     ex = submitit.AutoExecutor(folder=folder, cluster=slurm.cluster, slurm_max_num_timeout=slurm.max_requeue)
     if slurm.cluster == "slurm":
