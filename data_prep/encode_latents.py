@@ -1,6 +1,7 @@
 """Video shards -> latent shards + manifest.json with an exported tokenizer (see vqvdm_scale.prep.encode_latents).
 
 python data_prep/encode_latents.py --tokenizer runs/vqgan/tokenizer.safetensors --input runs/data/synthetic --output runs/latents --frames 16 --resolution 32 --windows all
+python data_prep/encode_latents.py --tokenizer runs/vqgan/tokenizer.safetensors --input runs/data/synthetic --output runs/latents   (the clip size the tokenizer was trained on)
 python data_prep/encode_latents.py --tokenizer T --input s3://b/ucf-128 --output s3://b/ucf-128-latents --batch-size 16 --workers 4
 torchrun --nproc_per_node 8 data_prep/encode_latents.py ...   (input shard i goes to rank i % world)
 """
@@ -19,9 +20,9 @@ FLAGS = {
     "batch-size": Flag("batch_size", "clips per encoder call"),
     "workers": Flag("workers", "video decode processes per rank (0 = inline)"),
     "store": Flag("store", "indices (code indices) or latents (fp16 z_q)"),
-    "frames": Flag("frames", "frames per clip"),
+    "frames": Flag("frames", "frames per clip (default: the tokenizer's; another value is refused)"),
     "stride": Flag("stride", "take every k-th source frame"),
-    "resolution": Flag("resolution", "square crop size"),
+    "resolution": Flag("resolution", "square crop size (default: the tokenizer's; another is refused)"),
     "device": Flag("device", "auto, cpu or cuda"),
     "threads": Flag("threads", "torch CPU threads (keep equal on re-runs)"),
 }

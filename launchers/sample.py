@@ -3,6 +3,7 @@
 python launchers/sample.py --run runs/ldm --tokenizer runs/vqgan/tokenizer.safetensors --all-classes --num-videos 8 --sampler ddim --steps 100 --guidance 4.0 --output runs/samples
 python launchers/sample.py --run runs/ldm --tokenizer runs/vqgan/tokenizer.safetensors --class-id 2 --num-clips 4 --overlap 1 --seed 7 --output runs/samples_long
 python launchers/sample.py --run runs/ldm --tokenizer runs/vqgan/tokenizer.safetensors --all-classes --num-videos 2048 --format npy --output runs/fake   (lossless frames for launchers/evaluate.py --fake)
+python launchers/sample.py --run runs/ldm --tokenizer runs/vqgan/tokenizer.safetensors --condition my_video.mp4 --known 0-3 --num-clips 2 --output runs/predicted   (prediction from real frames; real | generated side by side)
 torchrun --nproc_per_node 2 launchers/sample.py --run-dir runs/ldm ...   (each rank writes its own share)
 """
 
@@ -27,11 +28,19 @@ FLAGS = {
     "eta": Flag("sample.eta", "DDIM eta (0 = deterministic)"),
     "guidance": Flag("sample.guidance", "classifier-free guidance weight w"),
     "num-clips": Flag("sample.num_clips", "clips per video (> 1: autoregressive extension)"),
-    "overlap": Flag("sample.overlap", "latent frames shared by consecutive clips"),
+    "overlap": Flag("sample.overlap", "latent frames shared by consecutive clips (default: the model's way)"),
+    "later-steps": Flag("sample.later_steps", "DDIM steps of the clips after the first (PVDM's M)"),
+    "reconstruction-guidance": Flag(
+        "sample.reconstruction_guidance", "w_r: extend a model trained without a context (VDM eq. 7)"
+    ),
     "no-quantize": Flag("sample.quantize", "decode raw latents without snapping to the codebook", False),
     "seed": Flag("sample.seed", "base seed"),
     "fps": Flag("fps", "output fps (null: the training clips' fps)"),
     "device": Flag("device", "auto, cpu or cuda"),
+    "condition": Flag(
+        "condition", "real video (file, or SHARDS#KEY) to predict from / infill", metavar="VIDEO"
+    ),
+    "known": Flag("known", "its pixel frames to keep, FIRST-LAST (several: 0-3,12-15)"),
     "format": Flag(
         "formats", "video files: mp4, npy, png or a list (npy/png: lossless uint8 frames for metrics)"
     ),

@@ -51,14 +51,13 @@ def tiny_latent_cache(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Pat
     )
     torch.manual_seed(0)
     cfg = tokenizer_preset("tiny")
-    export_tokenizer(VQTokenizer(cfg).eval(), cfg, root / "tokenizer.safetensors")
+    # recorded as if trained on 8-frame 16x16 clips: encode takes its clip size from the export
+    export_tokenizer(VQTokenizer(cfg).eval(), cfg, root / "tokenizer.safetensors", frames=8, resolution=16)
     encode_main(
         EncodeConfig(
             tokenizer=str(root / "tokenizer.safetensors"),
             input=str(root / "videos"),
             output=str(root / "latents"),
-            frames=8,
-            resolution=16,
             progress=False,
         )
     )

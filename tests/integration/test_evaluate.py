@@ -64,7 +64,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         root / "ckpt" / EMA_FILE,
         UNet3D(unet).state_dict(),
         unet,
-        DiffusionConfig(),
+        DiffusionConfig(context_mode="random_mask"),  # extends videos through known frames (fvd128, drift)
         spec,
         fingerprint,
         5,

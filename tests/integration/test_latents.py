@@ -346,3 +346,43 @@ def test_stage2_path_never_decodes_video(data: dict[str, str], monkeypatch: pyte
     )
     batches = list(loader.epoch_iter())
     assert sum(len(b["key"]) for b in batches) == 2 * VIDEOS and loader.stats["errors"] == 0
+
+
+def test_previous_window_pairs_for_pvdm(data: dict[str, str], tmp_path: Path) -> None:
+    """--context previous stores each window's predecessor: the loader's context of window w is exactly the
+    latent of window w-1 of the same video, and a video's first window has an empty context (valid 0)."""
+    out = tmp_path / "pairs"
+    main(_cfg(data, out, context="previous"))
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["context"] == "previous" and manifest["num_samples"] == 2 * VIDEOS
+    model, _, fp = load_tokenizer(data["tok"])
+    loader = build_latent_loader(
+        _loader_cfg(str(out)),
+        batch_size=4,
+        tokenizer_fingerprint=fp,
+        codebook=model.quantizer.codes(),
+        train=False,
+    )
+    latents: dict[str, torch.Tensor] = {}
+    contexts: dict[str, tuple[torch.Tensor, float]] = {}
+    for batch in loader:
+        for i, key in enumerate(batch["key"]):
+            latents[key] = batch["latent"][i]
+            contexts[key] = (batch["context"][i], float(batch["context_valid"][i]))
+    assert len(latents) == 2 * VIDEOS
+    for key, (ctx, valid) in contexts.items():
+        window = int(key.rsplit("_w", 1)[1])
+        if window == 0:
+            assert valid == 0.0 and not ctx.any()
+        else:
+            assert valid == 1.0
+            torch.testing.assert_close(ctx, latents[f"{key.rsplit('_w', 1)[0]}_w{window - 1:03d}"])
+    # windows=N (not back to back) cannot be paired, and one cache cannot mix paired and single windows
+    with pytest.raises(ConfigError, match="windows=all"):
+        _cfg(data, tmp_path / "x", context="previous", windows="2")
+    from vqvdm_scale.config.core import UserError
+    from vqvdm_scale.formats.latent_shards import merge_manifests
+
+    single = json.loads((Path(data["clean"]) / "manifest.json").read_text())
+    with pytest.raises(UserError, match="context"):
+        merge_manifests([manifest, single], [str(out), data["clean"]])

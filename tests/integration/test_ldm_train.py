@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -177,3 +178,50 @@ def test_ema_matches_a_hand_computed_update() -> None:
     restored = EMA(net, decay=0.9)
     restored.load_state_dict(ema.state_dict())
     assert torch.equal(restored.state_dict()["weight"], ema.state_dict()["weight"])
+
+
+def test_previous_clip_training_on_window_pairs_and_its_sampling(
+    tiny_latent_cache: dict[str, Path], tmp_path: Path
+) -> None:
+    """PVDM: a cache of (previous, current) window pairs trains context_mode=previous_clip; the export
+    records the mode, one model makes the first clip and its continuation, and other extensions are refused."""
+    from vqvdm_scale.config.core import UserError
+    from vqvdm_scale.prep.encode_latents import EncodeConfig
+    from vqvdm_scale.prep.encode_latents import main as encode_main
+    from vqvdm_scale.sample.api import SampleConfig, generate_latents
+
+    pairs = tmp_path / "pairs"
+    encode_main(
+        EncodeConfig(
+            tokenizer=str(tiny_latent_cache["tokenizer"]),
+            input=str(tiny_latent_cache["videos"]),
+            output=str(pairs),
+            frames=8,
+            resolution=16,
+            context="previous",
+            progress=False,
+        )
+    )
+    cache = {**tiny_latent_cache, "latents": pairs}
+    run = tmp_path / "run"
+    common = (
+        "train.max_steps=2",
+        "run.ckpt_every=2",
+        "run.media_every=0",
+        "diffusion.context_mode=previous_clip",
+    )
+    losses = run_on_ranks(_train, 1, timeout=300, args=(_overrides(cache, run, *common),))[0]
+    assert len(losses) == 2 and all(np.isfinite(losses))
+    sm = load_ema(latest_checkpoint(run / "checkpoints") / EMA_FILE)
+    assert (
+        sm.diffusion.config.context_mode == "previous_clip"
+        and sm.diffusion.config.context_drop_prob == 0.5  # tiny.yaml
+    )
+    y = torch.tensor([0, 1])
+    z = generate_latents(sm.net, sm.diffusion, sm.spec, y, SampleConfig(steps=2, later_steps=1, num_clips=2))
+    assert z.shape[2] == 2 * sm.spec.shape[1]
+    with pytest.raises(UserError, match="--overlap 0"):
+        generate_latents(sm.net, sm.diffusion, sm.spec, y, SampleConfig(steps=2, num_clips=2, overlap=1))
+    # a single-window cache cannot train previous_clip
+    with pytest.raises(ConfigError, match="--context previous"):
+        resolve_from_cache(load_config(LDMRunConfig, TINY, _overrides(tiny_latent_cache, run, *common)))

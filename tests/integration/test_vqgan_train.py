@@ -16,7 +16,7 @@ from tests.conftest import REPO
 from tests.helpers import run_on_ranks
 from vqvdm_scale.config import load_config
 from vqvdm_scale.engine.checkpoint import latest_checkpoint
-from vqvdm_scale.formats.tokenizer_export import load_tokenizer
+from vqvdm_scale.formats.tokenizer_export import ClipGeometry, load_tokenizer, read_geometry
 from vqvdm_scale.losses.vqgan_loss import VQGANLoss
 from vqvdm_scale.prep.synthetic import make_synthetic_shards
 from vqvdm_scale.train.vqgan import VQGANRunConfig, VQGANTrainer
@@ -81,6 +81,8 @@ def test_two_rank_zero2_run_writes_checkpoints_events_and_export(shards: Path, t
     assert events and events[0].stat().st_size > 0
     model, cfg, fp = load_tokenizer(run / "tokenizer.safetensors")
     assert len(fp) == 64 and cfg.codebook_size == 64
+    # the export records the clips it was trained on (data.frames=8, data.resolution=16) and their grid
+    assert read_geometry(run / "tokenizer.safetensors") == ClipGeometry(8, 16, 1, (8, 2, 4, 4))
     with torch.no_grad():
         rec, q = model(torch.zeros(1, 3, 8, 16, 16))
     assert rec.shape == (1, 3, 8, 16, 16) and q.indices.shape == (1, 2, 4, 4)

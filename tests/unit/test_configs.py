@@ -25,6 +25,8 @@ from vqvdm_scale.train.vqgan import VQGANRunConfig
 
 STAGE_CLASS: dict[str, type] = {"ldm": LDMRunConfig, "vqgan": VQGANRunConfig, "slurm": SlurmConfig}
 PAPER_SCALE = ["ldm/B.yaml", "vqgan/vqvdm.yaml"]
+# configs/recipes/<dataset>/<stage>.yaml name a file per stage; tests/unit/test_recipes.py checks them.
+STAGE_CONFIGS = [n for n in shipped_configs() if not n.startswith("recipes/")]
 
 
 def _load(name: str) -> Any:
@@ -42,20 +44,20 @@ def _base_chain(path: Path) -> list[str]:
 
 
 def test_every_stage_ships_a_base_a_tiny_and_a_paper_scale_config() -> None:
-    names = shipped_configs()
-    assert {n.split("/")[0] for n in names} == set(STAGE_CLASS)
+    names = STAGE_CONFIGS
+    assert {n.split("/")[0] for n in shipped_configs()} == {*STAGE_CLASS, "recipes"}
     for required in ["ldm/base.yaml", "ldm/tiny.yaml", "vqgan/base.yaml", "vqgan/tiny.yaml", *PAPER_SCALE]:
         assert required in names
 
 
-@pytest.mark.parametrize("name", shipped_configs())
+@pytest.mark.parametrize("name", STAGE_CONFIGS)
 def test_every_shipped_config_resolves_with_its_stage_class(name: str) -> None:
     cfg = _load(name)
     assert isinstance(cfg, STAGE_CLASS[name.split("/")[0]])
 
 
 @pytest.mark.parametrize(
-    "name", [n for n in shipped_configs() if not n.endswith("/base.yaml") and not n.startswith("slurm/")]
+    "name", [n for n in STAGE_CONFIGS if not n.endswith("/base.yaml") and not n.startswith("slurm/")]
 )
 def test_every_config_extends_its_stage_base_and_only_tiny_ones_reach_tiny(name: str) -> None:
     chain = _base_chain(shipped_config(name))
@@ -100,6 +102,7 @@ def test_vqgan_base_and_vqvdm_are_mse_lpips_vq_dcgan() -> None:
         cfg = _load(name)
         loss = cfg.loss
         assert (loss.recon_kind, loss.perceptual_weight, loss.gan_kind) == ("mse", 1.0, "bce"), name
+        assert (loss.feature_match_kind, loss.perceptual_frames) == ("squared", 16), name  # all frames
         assert (cfg.model.beta, loss.codebook_weight) == (0.25, 1.0), name
         assert tuple(cfg.train.optim.betas) == (0.5, 0.9), name
     vqvdm = _load("vqgan/vqvdm.yaml")
@@ -140,6 +143,7 @@ def test_vqgan_tiny_keeps_its_cpu_tuning() -> None:
         0.1,
     )
     assert (loss.disc_start_step, cfg.model.dead_code_threshold, cfg.model.codebook_size) == (200, 1.0, 64)
+    assert loss.feature_match_kind == "l1"  # as tuned; base.yaml's squared is the method
     assert (cfg.train.max_steps, cfg.train.optim.lr, tuple(cfg.train.optim.betas)) == (300, 5e-4, (0.5, 0.9))
     assert (cfg.data.resolution, cfg.data.random_flip) == (32, False)
 

@@ -82,6 +82,12 @@ def test_reconstruction_and_feature_matching() -> None:
     assert math.isclose(fm.item(), 1.0, rel_tol=1e-6)
     fm.backward()
     assert real[0].grad is None and fake[0].grad is not None  # real features are detached
+    # squared (VQ-VDM): the mean squared difference, so a gap of 2 costs 4 where L1 says 2
+    far = [f + 2.0 for f in feats]
+    assert math.isclose(feature_matching_loss(feats, far, "squared").item(), 4.0, rel_tol=1e-6)
+    assert math.isclose(feature_matching_loss(feats, far, "l1").item(), 2.0, rel_tol=1e-6)
+    with pytest.raises(ValueError, match="'l1' or 'squared'"):
+        feature_matching_loss(feats, far, "l2")  # type: ignore[arg-type]
 
 
 def test_adaptive_weight_value_and_fallbacks() -> None:
@@ -243,6 +249,27 @@ def test_hinge_without_adaptive_weight_uses_unit_weight(empty_torch_home: Path) 
     assert logs["d_weight"] == 1.0 and logs["feat_match"] == 0.0
     recon = F.l1_loss(x_rec, x).item()
     assert math.isclose(loss.item(), recon + logs["vq"] + 0.1 * logs["g_gan"], rel_tol=1e-4)
+
+
+def test_generator_feature_matching_follows_its_kind(empty_torch_home: Path) -> None:
+    torch.manual_seed(0)
+    tok, disc = _tiny_models()
+    x = torch.rand(1, 3, 4, 16, 16) * 2 - 1
+    with torch.no_grad():
+        x_rec, q = tok(x)
+    for kind in ("l1", "squared"):
+        cfg = VQGANLossConfig(perceptual_weight=0.0, disc_start_step=0, feature_match_kind=kind)
+        torch.manual_seed(1)  # the 2D discriminator's frames are drawn at random: the same draw for both
+        _, logs = VQGANLoss(cfg).generator_loss(x, x_rec, q, disc, step=0)
+        torch.manual_seed(1)
+        with torch.no_grad():
+            outs = disc(x_rec, x)
+        want = sum(
+            float(feature_matching_loss(o.feats_real or [], o.feats_fake, kind)) for o in outs.values()
+        )
+        assert math.isclose(logs["feat_match"], want, rel_tol=1e-5), kind
+    with pytest.raises(ConfigError, match="feature_match_kind"):
+        from_dict(VQGANLossConfig, {"feature_match_kind": "l2"})
 
 
 def test_loss_config_from_dict_and_errors() -> None:

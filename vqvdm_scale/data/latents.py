@@ -26,8 +26,12 @@ object-store cache once more on every rank, while a reader reads its shards anyw
 they are opened costs only the hashing, spread over all readers. An altered shard is named in a warning,
 counted among the loader's errors and skipped (as a broken tar is), before any of its samples is used.
 
-Not implemented: a ``previous_clip`` context (the previous window of the same video) - it needs a
-key-addressed lookup across shards, which a streaming tar pipeline does not give cheaply.
+PVDM pairs: a cache encoded with ``--context previous`` stores, with every window after a video's first,
+the window before it (``prev.npy``, the same format). Batches from such a cache also hold ``"context"``
+``[B, D, t, h, w]`` (normalised like the latent; zeros for a video's first window) and ``"context_valid"``
+``[B]`` (1 where a predecessor exists), which ``diffusion.context_mode=previous_clip`` trains on. Storing the
+predecessor beside each window keeps every sample self-contained, so shuffling, sharding and exact resume
+work unchanged; the price is the stored latent bytes, doubled (README: Latent cache).
 """
 
 from __future__ import annotations
@@ -178,12 +182,29 @@ class LatentDecode:
         self.codebook = None if codebook is None else codebook.detach().to("cpu", torch.float32).contiguous()
         self.stats = LatentStats.from_manifest(manifest)
         self.classes = tuple(str(c) for c in manifest.get("classes") or ())
+        self.previous = manifest.get("context") == "previous"
 
     def __call__(self, sample: dict[str, Any], rng: random.Random) -> dict[str, Any]:
         key = sample.get("__key__", "?")
         meta = json.loads(sample["json"])
         label = check_label(meta.get("label"), self.classes, str(key))  # outside the classes: a bad sample
-        arr = np.load(io.BytesIO(sample["npy"]), allow_pickle=False)
+        z = self._latent(sample["npy"], str(key))
+        out: dict[str, Any] = {
+            "latent": self.stats.normalize(z).contiguous(),
+            "label": label,
+            "fps": float(meta["fps"]),
+            "key": str(key),
+        }
+        if self.previous:
+            prev = sample.get("prev.npy")
+            ctx = self.stats.normalize(self._latent(prev, f"{key} (prev)")) if prev is not None else None
+            out["context"] = ctx.contiguous() if ctx is not None else torch.zeros_like(out["latent"])
+            out["context_valid"] = torch.tensor(1.0 if ctx is not None else 0.0)
+        return out
+
+    def _latent(self, data: bytes, key: str) -> Tensor:
+        """Raw ``[D, t, h, w]`` latents of one stored npy (code indices looked up in the codebook)."""
+        arr = np.load(io.BytesIO(data), allow_pickle=False)
         if arr.dtype != self.dtype or tuple(arr.shape) != self.sample_shape:
             raise ValueError(
                 f"latent sample {key}: npy is {arr.dtype} {arr.shape}, manifest says {self.dtype} {self.sample_shape}"
@@ -193,15 +214,8 @@ class LatentDecode:
             idx = torch.from_numpy(arr.astype(np.int64))
             if int(idx.min()) < 0 or int(idx.max()) >= self.codebook.shape[0]:
                 raise ValueError(f"latent sample {key}: code index outside [0, {self.codebook.shape[0]})")
-            z = F.embedding(idx, self.codebook).permute(3, 0, 1, 2)  # [t, h, w, D] -> [D, t, h, w]
-        else:
-            z = torch.from_numpy(arr).float()
-        return {
-            "latent": self.stats.normalize(z).contiguous(),
-            "label": label,
-            "fps": float(meta["fps"]),
-            "key": str(key),
-        }
+            return F.embedding(idx, self.codebook).permute(3, 0, 1, 2)  # [t, h, w, D] -> [D, t, h, w]
+        return torch.from_numpy(arr).float()
 
 
 class LatentLoader(ResumableLoader):

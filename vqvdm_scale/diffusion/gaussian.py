@@ -28,10 +28,15 @@ class DiffusionConfig:
         prediction: the network predicts the noise ("eps") or the velocity ("v", Salimans & Ho 2022).
         p_uncond: probability of replacing the label by the null class in training (VQ-VDM uses 0.5),
             which trains the unconditional branch for classifier-free guidance.
-        context_drop_prob: lambda, probability of replacing the context by zeros (mask 0) in training
-            (PVDM); it trains the unconditional first clip of long-video sampling.
+        context_drop_prob: probability, per sample, of replacing the context by zeros (mask 0) in
+            training; it trains the unconditional first clip of long-video sampling. PVDM's objective
+            ``lambda * ||eps - eps(z2_t, z1_0)||^2 + (1 - lambda) * ||eps - eps(z2_t, 0)||^2`` has
+            ``lambda = 1 - context_drop_prob``; PVDM trains with lambda = 0.3 (``cond_prob`` in its
+            tools/trainer.py), hence the default 0.7. PVDM draws once per batch; we draw per sample.
         context_mode: "none", "previous_clip" (the caller passes the previous clip's latents, PVDM) or
             "random_mask" (random known frames of the clip itself, RaMViD).
+        loss_on_known: in "random_mask" mode, also count the loss on the known frames, which the network
+            can copy from its input; off by default, so the loss is the mean over the unknown positions.
         loss_weighting: only "none" (plain L_simple, DDPM eq. 14).
         clip_denoised: clamp predicted z0 to [-1, 1] in sampling (off for normalised continuous latents).
     """
@@ -40,8 +45,9 @@ class DiffusionConfig:
     schedule: Literal["linear", "cosine"] = "linear"
     prediction: Literal["eps", "v"] = "eps"
     p_uncond: float = 0.5
-    context_drop_prob: float = 0.3
+    context_drop_prob: float = 0.7
     context_mode: Literal["none", "previous_clip", "random_mask"] = "none"
+    loss_on_known: bool = False
     loss_weighting: Literal["none"] = "none"
     clip_denoised: bool = False
 
@@ -162,6 +168,18 @@ class GaussianDiffusion:
     def training_target(self, z0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
         """What the network regresses: the noise (eps) or the velocity (v)."""
         return noise if self.prediction == "eps" else self.v_target(z0, t, noise)
+
+    def signal_scale(self, t: Tensor, like: Tensor) -> Tensor:
+        """sqrt(abar_t) (VDM's alpha_t), shaped to broadcast against ``like``."""
+        return self._extract("sqrt_alphas_cumprod", t, like)
+
+    def output_from_eps_and_z0(self, eps: Tensor, z0: Tensor, z_t: Tensor, t: Tensor) -> Tensor:
+        """The network output (eps or v) that :meth:`model_output_to_eps_and_z0` maps to ``(eps, z0)``."""
+        if self.prediction == "eps":
+            return eps
+        a = self._extract("sqrt_alphas_cumprod", t, z_t)
+        s = self._extract("sqrt_one_minus_alphas_cumprod", t, z_t)
+        return a * eps - s * z0
 
     def model_output_to_eps_and_z0(self, output: Tensor, z_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """Turn the raw network output (eps or v) into (eps, z0) predictions."""

@@ -9,8 +9,11 @@ Two schemes, both driving a callable that samples one clip given ``(context, con
   previous clip become the known first k frames of the next clip (mask 1 on those frames only); the
   output keeps the previous clip's copy of the shared frames: ``t + (num_clips - 1) * (t - k)`` frames.
 
-VDM's reconstruction guidance (Ho et al. 2022, eq. 7) is not implemented: it needs gradients through
-the network at every step; the context-conditioned model is the method these papers report.
+- reconstruction guidance (``reconstruction_weight > 0``, VDM eq. 7): for a model trained without a
+  context, the known frames of the overlap scheme steer the sampler through the model's own denoised
+  estimate (:mod:`vqvdm_scale.diffusion.reconstruction_guidance`) instead of a context input.
+
+PVDM samples the first clip with N DDIM steps and later clips with M (``later_steps``).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from torch import Tensor, nn
 
 from vqvdm_scale.diffusion.gaussian import GaussianDiffusion
 from vqvdm_scale.diffusion.guidance import Net, cfg_model_fn, conditional_model_fn
+from vqvdm_scale.diffusion.reconstruction_guidance import reconstruction_guided_fn
 from vqvdm_scale.diffusion.samplers import ddim_sample, ddpm_sample
 
 __all__ = ["ClipSampler", "make_clip_sampler", "sample_long_video"]
@@ -90,12 +94,19 @@ def make_clip_sampler(
     null_class: Optional[int] = None,
     sampler: Literal["ddpm", "ddim"] = "ddim",
     steps: int = 50,
+    later_steps: Optional[int] = None,
     eta: float = 0.0,
+    reconstruction_weight: float = 0.0,
     generator: Optional[torch.Generator] = None,
     device: Optional[torch.device] = None,
     progress: bool = False,
 ) -> ClipSampler:
-    """A ``sample_clip_fn`` for :func:`sample_long_video`: fresh noise of ``shape``, optional CFG, DDPM/DDIM."""
+    """A ``sample_clip_fn`` for :func:`sample_long_video`: fresh noise of ``shape``, optional CFG, DDPM/DDIM.
+
+    A clip with a context (every clip after the first) takes ``later_steps`` DDIM steps (default ``steps``).
+    With ``reconstruction_weight`` > 0 the context is not given to the network: it guides the sampler
+    towards the known frames instead (VDM reconstruction guidance, for models trained without a context).
+    """
     if sampler not in ("ddpm", "ddim"):
         raise ValueError(f"sampler must be 'ddpm' or 'ddim', got {sampler!r}")
     if guidance_scale != 1.0 and (y is None or null_class is None):
@@ -107,15 +118,23 @@ def make_clip_sampler(
 
     def sample_clip(context: Optional[Tensor], context_mask: Optional[Tensor]) -> Tensor:
         noise = torch.randn(tuple(shape), generator=generator, device=device)
+        guide = reconstruction_weight > 0 and context is not None and context_mask is not None
+        net_context, net_mask = (None, None) if guide else (context, context_mask)
         if guidance_scale != 1.0:
             assert y is not None and null_class is not None  # checked above
-            model_fn = cfg_model_fn(net, y, fps, guidance_scale, null_class, context, context_mask)
+            model_fn = cfg_model_fn(net, y, fps, guidance_scale, null_class, net_context, net_mask)
         else:
-            model_fn = conditional_model_fn(net, y, fps, context, context_mask)
+            model_fn = conditional_model_fn(net, y, fps, net_context, net_mask)
+        if guide:
+            assert context is not None and context_mask is not None
+            model_fn = reconstruction_guided_fn(
+                model_fn, diffusion, context, context_mask, reconstruction_weight
+            )
         if sampler == "ddpm":
             return ddpm_sample(model_fn, noise, diffusion, generator=generator, progress=progress)
+        n = steps if context is None or later_steps is None else later_steps
         return ddim_sample(
-            model_fn, noise, diffusion, steps=steps, eta=eta, generator=generator, progress=progress
+            model_fn, noise, diffusion, steps=n, eta=eta, generator=generator, progress=progress
         )
 
     return sample_clip

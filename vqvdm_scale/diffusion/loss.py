@@ -88,8 +88,8 @@ class DiffusionLoss:
 
         ``cond``: "y" [B] long (required when num_classes > 0), "fps" [B] float (optional), and for
         context_mode="previous_clip" "context" [B,C,t,h,w] with optional "context_mask" [B,1,t,h,w].
-        In "random_mask" mode the loss still covers every frame, known ones included (they are cheap to
-        predict, so they mostly dilute the loss; kept for simplicity).
+        In "random_mask" mode the per-sample loss is the mean over the unknown positions (mask 0) only,
+        unless ``diffusion.loss_on_known``: the known frames are in the input, so predicting them is copying.
         """
         d = self.diffusion
         b = z0.shape[0]
@@ -114,5 +114,10 @@ class DiffusionLoss:
 
         output = net(z_t, t, **kwargs)
         target = d.training_target(z0, t, noise)
-        per_sample = (output.float() - target.float()).pow(2).flatten(1).mean(dim=1)
+        err = (output.float() - target.float()).pow(2)
+        if self.context_mode == "random_mask" and mask is not None and not d.config.loss_on_known:
+            weight = (1.0 - mask.float()).expand_as(err)  # unknown positions; a dropped context: all
+            per_sample = (err * weight).flatten(1).sum(dim=1) / weight.flatten(1).sum(dim=1).clamp_min(1.0)
+        else:
+            per_sample = err.flatten(1).mean(dim=1)
         return per_sample.mean(), per_sample, t

@@ -112,11 +112,6 @@ class ModelFakes:
         """``count`` videos of at least ``frames`` frames (extended by whole clips, PVDM-style, as needed)."""
         num_clips = max(1, -(-frames // self.clip_frames))
         cfg = replace(self.sample, num_clips=max(num_clips, self.sample.num_clips))
-        if cfg.num_clips > 1 and not self.model.net.config.context_frames:
-            raise UserError(
-                f"{frames}-frame videos need {cfg.num_clips} clips, but this model has no context input to extend "
-                f"its {self.clip_frames}-frame clips (train with model.context_frames=true for fvd128 and drift)"
-            )
         for idx in my_batches(count, batch_size, rank, world):
             labels = self.labels(idx)
             g = torch.Generator(device=self.device).manual_seed(cfg.seed * 1_000_003 + idx[0])
@@ -139,6 +134,9 @@ class ModelFakes:
             "eta": s.eta,
             "guidance": s.guidance,
             "overlap": s.overlap,
+            "later_steps": s.later_steps,
+            "reconstruction_guidance": s.reconstruction_guidance,
+            "context_mode": self.model.diffusion.config.context_mode,
             "quantize": s.quantize,
             "seed": s.seed,
             "class_balanced": self.num_classes > 0,

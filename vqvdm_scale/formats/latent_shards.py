@@ -37,6 +37,7 @@ SAME_KEYS = (
     "sample_shape",
     "codebook_size",
     "codebook_sha256",
+    "context",  # a cache with PVDM pairs and one without cannot feed one previous_clip run
 )
 
 

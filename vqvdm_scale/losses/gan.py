@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 GanKind = Literal["bce", "hinge"]
+FeatureMatchKind = Literal["l1", "squared"]
 
 
 def d_loss(real_logits: Tensor, fake_logits: Tensor, kind: GanKind = "bce") -> Tensor:
@@ -35,13 +36,22 @@ def g_loss(fake_logits: Tensor, kind: GanKind = "bce") -> Tensor:
     raise ValueError(f"GAN loss kind must be 'bce' or 'hinge', got {kind!r}")
 
 
-def feature_matching_loss(real_feats: list[Tensor], fake_feats: list[Tensor]) -> Tensor:
-    """Mean over discriminator layers of the L1 distance between fake and (detached) real features."""
+def feature_matching_loss(
+    real_feats: list[Tensor], fake_feats: list[Tensor], kind: FeatureMatchKind = "l1"
+) -> Tensor:
+    """Mean over discriminator layers of the distance between fake and (detached) real features.
+
+    ``"l1"``: the mean absolute difference (TATS); ``"squared"``: the mean squared difference, the
+    feature-matching loss of Salimans et al. 2016 that VQ-VDM uses.
+    """
     if len(real_feats) != len(fake_feats) or not real_feats:
         raise ValueError(
             f"need matching non-empty feature lists, got {len(real_feats)} and {len(fake_feats)}"
         )
-    terms = [F.l1_loss(f.float(), r.detach().float()) for r, f in zip(real_feats, fake_feats, strict=True)]
+    if kind not in ("l1", "squared"):
+        raise ValueError(f"feature matching kind must be 'l1' or 'squared', got {kind!r}")
+    dist = F.l1_loss if kind == "l1" else F.mse_loss
+    terms = [dist(f.float(), r.detach().float()) for r, f in zip(real_feats, fake_feats, strict=True)]
     return torch.stack(terms).mean()
 
 
@@ -71,4 +81,4 @@ def adaptive_weight(nll_loss: Tensor, g_loss: Tensor, last_layer: Tensor, max_we
     return torch.where(torch.isfinite(weight), weight, one)
 
 
-__all__ = ["GanKind", "adaptive_weight", "d_loss", "feature_matching_loss", "g_loss"]
+__all__ = ["FeatureMatchKind", "GanKind", "adaptive_weight", "d_loss", "feature_matching_loss", "g_loss"]

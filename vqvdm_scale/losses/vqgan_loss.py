@@ -21,17 +21,19 @@ class VQGANLossConfig:
     """Weights and switches of the VQGAN objective (Esser et al. 2021, eq. 4-7; TATS for video).
 
     Args:
-        recon_kind: pixel loss, "l1" (TATS) or "mse".
+        recon_kind: pixel loss, "l1" (TATS) or "mse" (VQ-VDM; configs/vqgan/base.yaml).
         recon_weight: weight of the pixel loss.
         perceptual_weight: weight of LPIPS; 0 turns it off (and needs no VGG weights).
-        perceptual_frames: frames per clip LPIPS is computed on.
+        perceptual_frames: frames per clip LPIPS is computed on (random ones; all when >= the clip's
+            frames: VQ-VDM's LPIPS sees every frame, base.yaml's 16).
         lpips_weights: path to torchvision's ``vgg16-397923af.pth`` (else the torch hub cache is tried).
         lpips_random_init: allow a random VGG16 trunk when no weights are found (smoke tests only).
         codebook_weight: weight of the quantizer's VQ loss (codebook + beta * commitment).
         gan_kind: "bce" (DCGAN non-saturating, VQ-VDM) or "hinge".
         gan_weight: weight of the generator's GAN term (times the adaptive weight when enabled).
         disc_start_step: step from which the GAN and feature-matching terms are on.
-        feature_match_weight: weight of the L1 feature-matching term (TATS); 0 turns it off.
+        feature_match_weight: weight of the feature-matching term; 0 turns it off.
+        feature_match_kind: its distance, "l1" (TATS) or "squared" (VQ-VDM; base.yaml).
         adaptive_weight: scale the GAN term by eq. 7's gradient-norm ratio at the decoder's last layer.
         adaptive_weight_max: clamp of that ratio.
     """
@@ -47,6 +49,7 @@ class VQGANLossConfig:
     gan_weight: float = 0.1
     disc_start_step: int = 10000
     feature_match_weight: float = 1.0
+    feature_match_kind: Literal["l1", "squared"] = "l1"
     adaptive_weight: bool = True
     adaptive_weight_max: float = 1e4
 
@@ -61,6 +64,10 @@ class VQGANLossConfig:
         ):
             if getattr(self, key) < 0:
                 raise ConfigError(f"loss.{key} must be >= 0, got {getattr(self, key)}")
+        if self.feature_match_kind not in ("l1", "squared"):
+            raise ConfigError(
+                f"loss.feature_match_kind must be 'l1' or 'squared', got {self.feature_match_kind!r}"
+            )
         if self.perceptual_frames < 1:
             raise ConfigError(f"loss.perceptual_frames must be >= 1, got {self.perceptual_frames}")
         if self.adaptive_weight_max <= 0:
@@ -128,7 +135,10 @@ class VQGANLoss(nn.Module):
             logits_fake = torch.stack([o.logits_fake.detach().float().mean() for o in outs.values()]).mean()
             if cfg.feature_match_weight > 0:
                 fm_term = torch.stack(
-                    [feature_matching_loss(o.feats_real or [], o.feats_fake) for o in outs.values()]
+                    [
+                        feature_matching_loss(o.feats_real or [], o.feats_fake, cfg.feature_match_kind)
+                        for o in outs.values()
+                    ]
                 ).sum()
             if cfg.gan_weight > 0:
                 if cfg.adaptive_weight and last_layer is not None:

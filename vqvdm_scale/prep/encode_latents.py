@@ -39,8 +39,8 @@ import posixpath
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, Literal, Optional
+from dataclasses import dataclass, replace
+from typing import Any, Optional
 
 import torch
 import torch.distributed as dist
@@ -63,10 +63,11 @@ from vqvdm_scale.engine.env import (
 from vqvdm_scale.formats.labels import LabelError, check_label
 from vqvdm_scale.formats.latent_shards import LATENT_FORMAT
 from vqvdm_scale.formats.shard_io import MANIFEST_NAME, join_url, member_key, publish_shard, shard_writer
-from vqvdm_scale.formats.tokenizer_export import load_tokenizer
+from vqvdm_scale.formats.tokenizer_export import clip_size, load_tokenizer
 from vqvdm_scale.formats.video_shards import shard_entries
 from vqvdm_scale.models.tokenizer.vqgan import VQTokenizer
 from vqvdm_scale.monitor.progress import JobProgress
+from vqvdm_scale.prep.encode_config import EncodeConfig
 from vqvdm_scale.prep.encode_manifest import finish_range, write_manifest
 from vqvdm_scale.prep.encode_windows import DecodePool, prepare_job
 from vqvdm_scale.prep.latent_writer import ErrorLog, ShardEncoder, chunks
@@ -84,57 +85,6 @@ __all__ = ["EncodeConfig", "main", "output_names"]
 
 # Generous: a rank that finishes its shards waits at the barrier for the slowest rank.
 _BARRIER_TIMEOUT_S = 7 * 24 * 3600.0
-
-
-@dataclass
-class EncodeConfig:
-    """Options of encode_latents (CLI: data_prep/encode_latents.py)."""
-
-    tokenizer: str = ""  # exported tokenizer: <run.dir>/tokenizer.safetensors of launchers/train_vqgan.py
-    input: str = ""  # video shards: directory with manifest.json, brace pattern or list
-    output: str = ""  # latent shard folder: local path or fsspec URL
-    windows: str = "all"  # "all" non-overlapping windows per video, or N evenly spaced windows
-    batch_size: int = 8  # clips per encoder call (part of the plan: it can change the last bits)
-    workers: int = 0  # decode processes per rank; 0 or 1 = inline
-    store: Literal["indices", "latents"] = "indices"
-    frames: int = 16  # T of a clip (the tokenizer config does not hold the clip size)
-    stride: int = 1  # take every k-th source frame; the sample's fps is source fps / k
-    resolution: int = 128  # square centre crop after resizing the short side to this
-    device: str = "auto"  # auto = this rank's GPU if there is one, else CPU
-    threads: int = 1  # torch CPU threads; 0 = leave torch's default
-    progress: bool = True
-    shards: str = ""  # "start:stop": encode only these input shard indices (one task of a job array)
-
-    def __post_init__(self) -> None:
-        for name in ("batch_size", "frames", "stride", "resolution"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
-        if self.workers < 0 or self.threads < 0:
-            raise ConfigError(f"workers and threads must be >= 0, got {self.workers} and {self.threads}")
-        if self.store not in ("indices", "latents"):
-            raise ConfigError(f"store: 'indices' or 'latents', got {self.store!r}")
-        self.windows = str(self.windows).strip()
-        if self.windows != "all" and not (self.windows.isdigit() and int(self.windows) >= 1):
-            raise ConfigError(f"windows: 'all' or a number >= 1 of windows per video, got {self.windows!r}")
-        _ = self.shard_range  # validates it
-
-    @property
-    def shard_range(self) -> Optional[tuple[int, int]]:
-        """(start, stop) of the input shards this process encodes, or None for all of them."""
-        if not self.shards:
-            return None
-        start, sep, stop = str(self.shards).partition(":")
-        if not (sep and start.isdigit() and stop.isdigit() and int(start) < int(stop)):
-            raise ConfigError(f"shards: 'start:stop' input shard indices (e.g. 0:4), got {self.shards!r}")
-        return int(start), int(stop)
-
-    @property
-    def num_windows(self) -> Optional[int]:
-        """Windows per video, or None for all non-overlapping windows."""
-        return None if self.windows == "all" else int(self.windows)
-
-
-# --------------------------------------------------------------------------------------- clip windows
 
 
 # ---------------------------------------------------------------------------------------- shard plans
@@ -174,6 +124,7 @@ def _plan_hash(cfg: EncodeConfig, fingerprint: str, source: str) -> str:
         "resolution": cfg.resolution,
         "windows": cfg.windows,
         "store": cfg.store,
+        "context": cfg.context,
         "batch_size": cfg.batch_size,
         "source": source,
     }
@@ -206,7 +157,7 @@ def _encode_shard(
     samples = shard_sample_pipeline([task.url], rank=0, world_size=1, shuffle_shards=False, handler=errors)
     jobs = ((s, cfg.frames, cfg.stride, cfg.resolution, cfg.num_windows) for s in samples)
     with shard_writer(fs, root, task.name) as (writer, out):
-        enc = ShardEncoder(model, writer, cfg.batch_size, cfg.store)
+        enc = ShardEncoder(model, writer, cfg.batch_size, cfg.store, previous=cfg.context == "previous")
         # decode a bounded chunk of videos at a time (in order), so memory stays flat on big shards
         for chunk in chunks(jobs, max(1, 2 * cfg.workers)):
             results = pool.map(chunk) if pool is not None else [prepare_job(j) for j in chunk]
@@ -263,7 +214,7 @@ def _encode_shard(
 # ----------------------------------------------------------------------------------------------- main
 
 
-def _check_inputs(cfg: EncodeConfig) -> None:
+def _check_inputs(cfg: EncodeConfig) -> EncodeConfig:
     if not cfg.tokenizer:
         raise ConfigError(
             "tokenizer: give the exported tokenizer file (<run.dir>/tokenizer.safetensors of launchers/train_vqgan.py)"
@@ -274,11 +225,14 @@ def _check_inputs(cfg: EncodeConfig) -> None:
         )
     if not cfg.output:
         raise ConfigError("output: give the latent shard folder (local path or fsspec URL)")
+    # null frames / resolution: the tokenizer's recorded clip size; another one is refused
+    frames, resolution = clip_size(cfg.tokenizer, cfg.frames, cfg.resolution)
+    return replace(cfg, frames=frames, resolution=resolution)
 
 
 def main(cfg: EncodeConfig) -> dict[str, Any]:
     """Encode ``cfg.input`` into latent shards under ``cfg.output``; returns the manifest (every rank)."""
-    _check_inputs(cfg)
+    cfg = _check_inputs(cfg)
     created = False
     # torchrun/deepspeed export WORLD_SIZE; under srun it comes from Slurm's variables
     if not is_dist() and export_torch_env().world_size > 1:

@@ -54,6 +54,7 @@ def write_manifest(
                 "resolution": cfg.resolution,
                 "windows": cfg.windows,
             },
+            "context": cfg.context,
             "classes": classes,
             "source": cfg.input,
             # which process encoded which shards is not part of the cache: an array's manifest equals a

@@ -6,7 +6,7 @@ import io
 import json
 from collections.abc import Iterator
 from itertools import islice
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -49,8 +49,14 @@ def chunks(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
 class ShardEncoder:
     """Writes one latent shard: windows are buffered and encoded in fixed batches in stream order."""
 
-    def __init__(self, model: VQTokenizer, writer: wds.TarWriter, batch_size: int, store: str) -> None:
+    def __init__(
+        self, model: VQTokenizer, writer: wds.TarWriter, batch_size: int, store: str, previous: bool = False
+    ) -> None:
         self.model, self.writer, self.batch_size, self.store = model, writer, batch_size, store
+        # PVDM pairs: window w of a video also stores window w-1 as ``prev.npy`` (windows arrive in order)
+        self.previous = previous
+        self._last: Optional[tuple[str, int, bytes]] = None  # (source key, window, npy bytes)
+        self.pairs = 0
         self.index_dtype = np.dtype(index_dtype(model.cfg.codebook_size))
         dim = model.cfg.latent_dim
         self.pending: list[tuple[str, torch.Tensor, dict[str, Any]]] = []
@@ -76,9 +82,18 @@ class ShardEncoder:
             arr = indices[i].numpy().astype(self.index_dtype) if self.store == "indices" else z[i].numpy()
             buf = io.BytesIO()
             np.save(buf, arr, allow_pickle=False)
-            self.writer.write(
-                {"__key__": key, "npy": buf.getvalue(), "json": json.dumps(meta, sort_keys=True).encode()}
-            )
+            sample = {
+                "__key__": key,
+                "npy": buf.getvalue(),
+                "json": json.dumps(meta, sort_keys=True).encode(),
+            }
+            if self.previous:
+                src, window = str(meta.get("source_key")), int(meta.get("window", -1))
+                if self._last is not None and self._last[:2] == (src, window - 1):
+                    sample["prev.npy"] = self._last[2]
+                    self.pairs += 1
+                self._last = (src, window, sample["npy"])
+            self.writer.write(sample)
         zd = z.double()  # statistics of exactly what the loader will read back
         self.sum += zd.sum(dim=(0, 2, 3, 4))
         self.sumsq += zd.square().sum(dim=(0, 2, 3, 4))

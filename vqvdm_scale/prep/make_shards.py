@@ -27,6 +27,7 @@ from __future__ import annotations
 import io
 import json
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Optional
@@ -63,9 +64,12 @@ from vqvdm_scale.prep.worker_pool import Watch
 __all__ = [
     "ShardsConfig",
     "SkipVideo",
+    "class_summary",
     "main",
     "make_sample",
 ]
+
+_LISTED_CLASSES = 20  # the summary names this many classes, then "... and N more"
 
 # Parameters that change shard bytes; a shard written under different values is redone on a re-run.
 _PLAN_FIELDS = (
@@ -270,6 +274,26 @@ def _remove_shards(fs: fsspec.AbstractFileSystem, root: str, tasks: list[_ShardT
                 fs.rm(path)
 
 
+def class_summary(classes: Sequence[str], counts: Counter[str], flat_folder: bool) -> list[str]:
+    """The summary's class lines: how many classes, then ``label name: videos`` (20 at most, then the rest).
+
+    ``counts`` are the videos written per class name. ``flat_folder``: every video sat directly in the
+    input folder, so the folder layout made one class of them, named after the folder.
+    """
+    if flat_folder and len(classes) == 1:
+        return [
+            f"make_shards: one class: videos are in a flat folder; put them in <class>/ subfolders for "
+            f"class-conditional training (class 0 {classes[0]!r}: {plural(counts[classes[0]], 'video')})"
+        ]
+    width = max(len(c) for c in classes[:_LISTED_CLASSES]) if classes else 0
+    lines = [f"make_shards: {plural(len(classes), 'class', 'classes')} (label, name, videos written):"]
+    lines += [f"  {i:>3} {c:<{width}} {counts[c]}" for i, c in enumerate(classes[:_LISTED_CLASSES])]
+    if len(classes) > _LISTED_CLASSES:
+        rest = classes[_LISTED_CLASSES:]
+        lines.append(f"  ... and {len(rest)} more ({sum(counts[c] for c in rest)} videos)")
+    return lines
+
+
 def main(cfg: ShardsConfig) -> dict[str, Any]:
     """Shard the videos of ``cfg.input`` into ``cfg.output``; returns the manifest (also written as manifest.json)."""
     start = time.time()
@@ -340,4 +364,8 @@ def main(cfg: ShardsConfig) -> dict[str, Any]:
         f"{len(skipped)} ({reasons}); {elapsed:.1f}s, {read / max(elapsed, 1e-9):.1f} videos/s",
         flush=True,
     )
+    dropped = {s["source"] for s in skipped}
+    counts = Counter(it.class_name for it in listing.items if it.rel not in dropped)
+    flat = cfg.layout == "folder" and all("/" not in it.rel for it in listing.items)
+    print("\n".join(class_summary(listing.classes, counts, flat)), flush=True)
     return manifest

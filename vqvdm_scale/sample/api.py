@@ -13,7 +13,7 @@ from typing import Any, Literal, Optional
 
 import torch
 
-from vqvdm_scale.config import ConfigError
+from vqvdm_scale.config import ConfigError, UserError
 from vqvdm_scale.diffusion import GaussianDiffusion, make_clip_sampler, sample_long_video
 from vqvdm_scale.formats.ldm_export import LatentSpec
 from vqvdm_scale.models.tokenizer import VQTokenizer
@@ -28,8 +28,14 @@ class SampleConfig:
         steps: DDIM steps.
         eta: DDIM eta (0 = deterministic).
         guidance: classifier-free guidance weight w (VQ-VDM: eps = w * (eps(z,c) - eps(z)) + eps(z)).
-        num_clips: clips per video; > 1 extends autoregressively (PVDM Algorithm 1).
-        overlap: latent frames shared by consecutive clips (0 = condition on the whole previous clip).
+        num_clips: clips per video; > 1 extends autoregressively, in the way the model was trained for
+            (:func:`extension_plan`).
+        overlap: latent frames shared by consecutive clips; 0 = condition on the whole previous clip
+            (PVDM); null = the model's way (0 for ``previous_clip`` models, 1 otherwise).
+        later_steps: DDIM steps of the clips after the first (PVDM: N for the first clip, M for the rest);
+            null = ``steps``.
+        reconstruction_guidance: w_r of VDM's reconstruction guidance, which extends videos with a model
+            trained without a context (``context_mode=none``) through ``overlap`` known frames.
         quantize: snap sampled latents to the nearest codebook entries before decoding.
         seed: base seed; video i of a run uses its own generator seeded from (seed, i).
     """
@@ -39,13 +45,54 @@ class SampleConfig:
     eta: float = 0.0
     guidance: float = 4.0
     num_clips: int = 1
-    overlap: int = 0
+    overlap: Optional[int] = None
+    later_steps: Optional[int] = None
+    reconstruction_guidance: float = 0.0
     quantize: bool = True
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.steps < 1 or self.num_clips < 1 or self.overlap < 0:
+        if self.steps < 1 or self.num_clips < 1 or (self.overlap is not None and self.overlap < 0):
             raise ConfigError("sample.steps and sample.num_clips must be >= 1 and sample.overlap >= 0")
+        if self.later_steps is not None and self.later_steps < 1:
+            raise ConfigError(f"sample.later_steps must be >= 1 (or null for steps), got {self.later_steps}")
+        if self.reconstruction_guidance < 0:
+            raise ConfigError(
+                f"sample.reconstruction_guidance must be >= 0, got {self.reconstruction_guidance}"
+            )
+
+
+_MODES = {
+    "previous_clip": "--overlap 0 (each clip conditioned on the whole previous clip)",
+    "random_mask": "--overlap k, 1 <= k < the clip's latent frames (known frames shared by consecutive clips)",
+    "none": "--reconstruction-guidance W with --overlap k (VDM eq. 7; the model has no context input)",
+}
+
+
+def extension_plan(context_mode: str, cfg: SampleConfig, latent_frames: int) -> tuple[int, float]:
+    """(overlap, reconstruction weight) for extending videos with a model trained in ``context_mode``.
+
+    Refuses (UserError) what the model cannot honour, naming what it can: a ``previous_clip`` model sees
+    whole previous clips; a ``random_mask`` model sees some known frames of its own clip; a model without a
+    context extends only through reconstruction guidance.
+    """
+    if cfg.num_clips == 1:
+        return 0, 0.0
+    default = 0 if context_mode == "previous_clip" else 1
+    overlap = default if cfg.overlap is None else cfg.overlap
+    rg = cfg.reconstruction_guidance
+    ok = {
+        "previous_clip": overlap == 0 and rg == 0,
+        "random_mask": 0 < overlap < latent_frames and rg == 0,
+        "none": 0 < overlap < latent_frames and rg > 0,
+    }.get(context_mode, False)
+    if not ok:
+        asked = f"--overlap {overlap}" + (f" --reconstruction-guidance {rg:g}" if rg else "")
+        raise UserError(
+            f"this model was trained with context_mode={context_mode}, so it cannot extend videos with {asked}: "
+            f"use {_MODES.get(context_mode, 'one clip')}"
+        )
+    return overlap, rg
 
 
 @torch.no_grad()
@@ -64,6 +111,7 @@ def generate_latents(
     device = labels.device
     b = labels.shape[0]
     num_classes = int(getattr(getattr(net, "config", None), "num_classes", 0) or 0)
+    overlap, rg = extension_plan(diffusion.config.context_mode, cfg, spec.shape[1])
     if fps is None:
         fps = torch.full((b,), spec.fps, device=device)
     sampler = make_clip_sampler(
@@ -76,12 +124,14 @@ def generate_latents(
         null_class=num_classes if num_classes > 0 else None,
         sampler=cfg.sampler,
         steps=cfg.steps,
+        later_steps=cfg.later_steps,
         eta=cfg.eta,
+        reconstruction_weight=rg,
         generator=generator,
         device=device,
         progress=progress,
     )
-    return sample_long_video(sampler, cfg.num_clips, overlap=cfg.overlap)
+    return sample_long_video(sampler, cfg.num_clips, overlap=overlap)
 
 
 @torch.no_grad()

@@ -32,6 +32,12 @@ from vqvdm_scale.formats.tokenizer_export import load_tokenizer
 from vqvdm_scale.models.tokenizer import VQTokenizer
 from vqvdm_scale.monitor.progress import JobProgress, duration, is_terminal
 from vqvdm_scale.sample.api import SampleConfig, decode_latents, generate_latents, write_videos
+from vqvdm_scale.sample.condition import (
+    conditioned_latents,
+    encode_condition,
+    known_latent_frames,
+    load_condition_clip,
+)
 
 
 @dataclass
@@ -44,6 +50,9 @@ class SampleRunConfig:
         tokenizer: the stage-1 export; its fingerprint must match the one the model was trained with.
         class_id: the class to sample (or all_classes: cycle through every class).
         batch_size: videos per sampler call on a rank (CFG doubles it inside).
+        condition: a real video file, or ``SHARDS#KEY`` (a sample of video shards), whose first clip the
+            samples are conditioned on (prediction / infilling, :mod:`vqvdm_scale.sample.condition`);
+        known: its pixel frame ranges held fixed (``0-3``; several allowed); whole latent frames only.
         formats: files per video: ``mp4`` (with a GIF and PNG grid per batch), and the lossless ``npy``
             (uint8 ``[T, H, W, 3]``) or ``png`` (a folder of frames) that metrics read.
     """
@@ -57,6 +66,8 @@ class SampleRunConfig:
     batch_size: int = 4
     output: str = "samples"
     formats: list[str] = field(default_factory=lambda: ["mp4"])
+    condition: Optional[str] = None
+    known: list[str] = field(default_factory=list)
     fps: Optional[float] = None
     device: str = "auto"
     progress: bool = True
@@ -73,6 +84,10 @@ class SampleRunConfig:
             raise ConfigError("give --class-id N or --all-classes, not both")
         if self.class_id is not None and self.class_id < 0:
             raise ConfigError(f"--class-id must be >= 0, got {self.class_id}")
+        if bool(self.condition) != bool(self.known):
+            raise ConfigError(
+                "--condition VIDEO and --known FIRST-LAST go together (the real frames to keep)"
+            )
         bad = [f for f in self.formats if f not in FRAME_FORMATS]
         if bad or not self.formats:
             raise ConfigError(f"--format takes a list of {', '.join(FRAME_FORMATS)}, got {self.formats}")
@@ -155,6 +170,7 @@ def main(cfg: SampleRunConfig) -> list[Path]:
     paths: list[Path] = []
     bar = JobProgress(len(mine), f"sample rank {rank}", cfg.progress, position=rank)
     steps_bar = cfg.progress and is_terminal()  # the sampler's per-step bar: on a terminal only
+    cond = _condition(cfg, sm, tokenizer) if cfg.condition else None
     for start in range(0, len(mine), cfg.batch_size):
         idx = mine[start : start + cfg.batch_size]
         if cfg.all_classes or cfg.class_id is None:
@@ -163,8 +179,15 @@ def main(cfg: SampleRunConfig) -> list[Path]:
             labels = [cfg.class_id] * len(idx)
         g = torch.Generator(device=device).manual_seed(cfg.sample.seed * 1_000_003 + idx[0])
         y = torch.tensor(labels, device=device)
-        z = generate_latents(sm.net, sm.diffusion, sm.spec, y, cfg.sample, generator=g, progress=steps_bar)
-        video = decode_latents(tokenizer, z, sm.spec, cfg.sample.quantize)
+        if cond is None:
+            z = generate_latents(
+                sm.net, sm.diffusion, sm.spec, y, cfg.sample, generator=g, progress=steps_bar
+            )
+            video = decode_latents(tokenizer, z, sm.spec, cfg.sample.quantize)
+        else:
+            real, known_z, known = cond
+            z = conditioned_latents(sm.net, sm.diffusion, sm.spec, known_z, known, y, cfg.sample, generator=g)
+            video = side_by_side(real, decode_latents(tokenizer, z, sm.spec, cfg.sample.quantize))
         names = [
             f"video_{i:05d}_class{c:03d}_{_slug(sm.classes, c)}" for i, c in zip(idx, labels, strict=True)
         ]
@@ -192,6 +215,26 @@ def main(cfg: SampleRunConfig) -> list[Path]:
         f"{world} rank(s) in {duration(wall)}, {cfg.num_videos / max(wall, 1e-9):.2f} videos/s"
     )
     return paths
+
+
+def _condition(
+    cfg: SampleRunConfig, sm: SamplingModel, tokenizer: VQTokenizer
+) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """The real clip ``[3, T, S, S]``, its normalised latents and the known latent frames."""
+    per_latent, per_pixel = int(tokenizer.cfg.downsample[0]), int(tokenizer.cfg.downsample[1])
+    frames, size = sm.spec.shape[1] * per_latent, sm.spec.shape[2] * per_pixel
+    known = known_latent_frames(cfg.known, frames, per_latent)
+    real = load_condition_clip(str(cfg.condition), frames, size)
+    return real, encode_condition(tokenizer, sm.spec, real), known
+
+
+def side_by_side(real: torch.Tensor, video: torch.Tensor) -> torch.Tensor:
+    """``[B, 3, N, S, 2S]``: the real clip (mid-grey after its end) left of each generated video."""
+    b, c, n, h, w = video.shape
+    left = torch.zeros(c, n, h, w, dtype=video.dtype, device=video.device)
+    k = min(n, real.shape[1])
+    left[:, :k] = real[:, :k].to(video)
+    return torch.cat([left.expand(b, -1, -1, -1, -1), video], dim=-1)
 
 
 def _slug(classes: list[str], c: int) -> str:

@@ -92,6 +92,12 @@ def resolve_from_cache(cfg: LDMRunConfig) -> tuple[LDMRunConfig, dict[str, Any]]
         raise ConfigError("data.train_latents is not set: pass the encode_latents.py output dir")
     manifest = read_latent_manifest(cfg.data.train_latents)
     check_fingerprint(manifest, read_fingerprint(cfg.tokenizer), where=cfg.data.train_latents)
+    if cfg.diffusion.context_mode == "previous_clip" and manifest.get("context") != "previous":
+        raise ConfigError(
+            f"diffusion.context_mode=previous_clip trains on (previous, current) window pairs, but the latent "
+            f"cache {redact(cfg.data.train_latents)} holds single windows: re-encode it with "
+            "data_prep/encode_latents.py --context previous"
+        )
     channels = int(manifest["latent_shape"][0])
     classes = list(manifest.get("classes") or [])
     if cfg.class_conditional and isinstance(manifest.get("label_counts"), dict):
@@ -158,6 +164,12 @@ class LDMTrainer(Trainer):
         cond: dict[str, Any] = {"fps": batch["fps"].to(self.device)}
         if self.cfg.model.num_classes > 0:
             cond["y"] = batch["label"].to(self.device)
+        if self.cfg.diffusion.context_mode == "previous_clip":
+            context = batch["context"].to(self.device, non_blocking=True)
+            valid = batch["context_valid"].to(self.device).to(context.dtype)  # 0: a video's first window
+            b, _, t, h, w = context.shape
+            cond["context"] = context
+            cond["context_mask"] = valid.view(b, 1, 1, 1, 1).expand(b, 1, t, h, w).contiguous()
         return cond
 
     def _net_call(self, z_t: torch.Tensor, t: torch.Tensor, **kw: Any) -> torch.Tensor:

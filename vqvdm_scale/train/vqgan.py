@@ -215,8 +215,19 @@ class VQGANTrainer(Trainer):
             model.load_state_dict(state)
             path = self.cfg.export_path
             path.parent.mkdir(parents=True, exist_ok=True)
-            fp = export_tokenizer(model, self.cfg.model, path)
-            print0(f"[vqgan] exported tokenizer {path} (fingerprint {fp[:16]}...)")
+            data = self.cfg.data  # its clip geometry travels with it (encode_latents reads it)
+            fp = export_tokenizer(
+                model,
+                self.cfg.model,
+                path,
+                frames=data.frames,
+                resolution=data.resolution,
+                frame_stride=data.frame_stride,
+            )
+            print0(
+                f"[vqgan] exported tokenizer {path} (fingerprint {fp[:16]}..., "
+                f"{data.resolution}x{data.resolution} clips of {data.frames} frames)"
+            )
         barrier()
 
 
