@@ -22,6 +22,10 @@ FLAGS = {
     "store": Flag("store", "indices (code indices) or latents (fp16 z_q)"),
     "frames": Flag("frames", "frames per clip (default: the tokenizer's; another value is refused)"),
     "stride": Flag("stride", "take every k-th source frame"),
+    "strides": Flag(
+        "strides", "several frame strides (e.g. 1,2,4): windows at each, fps = source fps / stride"
+    ),
+    "context": Flag("context", "previous: store each window's predecessor (PVDM previous_clip training)"),
     "resolution": Flag("resolution", "square crop size (default: the tokenizer's; another is refused)"),
     "device": Flag("device", "auto, cpu or cuda"),
     "threads": Flag("threads", "torch CPU threads (keep equal on re-runs)"),

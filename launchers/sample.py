@@ -35,7 +35,9 @@ FLAGS = {
     ),
     "no-quantize": Flag("sample.quantize", "decode raw latents without snapping to the codebook", False),
     "seed": Flag("sample.seed", "base seed"),
-    "fps": Flag("fps", "output fps (null: the training clips' fps)"),
+    "fps": Flag(
+        "fps", "frame rate of the generated clips: the model's fps input and the files' (null: training's)"
+    ),
     "device": Flag("device", "auto, cpu or cuda"),
     "condition": Flag(
         "condition", "real video (file, or SHARDS#KEY) to predict from / infill", metavar="VIDEO"

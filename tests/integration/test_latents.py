@@ -386,3 +386,23 @@ def test_previous_window_pairs_for_pvdm(data: dict[str, str], tmp_path: Path) ->
     single = json.loads((Path(data["clean"]) / "manifest.json").read_text())
     with pytest.raises(UserError, match="context"):
         merge_manifests([manifest, single], [str(out), data["clean"]])
+
+
+def test_several_frame_strides_give_each_clip_its_own_fps(data: dict[str, str], tmp_path: Path) -> None:
+    """--strides 1,2 cuts windows at both strides from one decode; each sample's fps is the clip's own
+    frame rate (source fps / stride), which is what the U-Net's fps input then means."""
+    out = tmp_path / "strides"
+    main(_cfg(data, out, strides=[1, 2]))
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["clip"]["strides"] == [1, 2]
+    # 32-frame videos, 16-frame clips: 2 windows at stride 1, 1 window (31 frames span) at stride 2
+    assert manifest["num_samples"] == 3 * VIDEOS
+    urls = sorted(str(p) for p in out.glob("*.tar"))
+    seen: dict[int, set[float]] = {}
+    for s in shard_sample_pipeline(urls, rank=0, world_size=1, shuffle_shards=False):
+        meta = json.loads(s["json"])
+        assert f"_s{meta['stride']}_w" in s["__key__"]
+        seen.setdefault(meta["stride"], set()).add(meta["fps"])
+    assert seen == {1: {SYNTHETIC_FPS}, 2: {SYNTHETIC_FPS / 2}}
+    with pytest.raises(ConfigError, match="strides"):
+        _cfg(data, tmp_path / "x", strides=[2, 2])

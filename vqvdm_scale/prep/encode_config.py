@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Optional
 
 from vqvdm_scale.config.core import ConfigError
@@ -23,6 +23,7 @@ class EncodeConfig:
     store: Literal["indices", "latents"] = "indices"
     frames: Optional[int] = None  # T of a clip; null = the frames the tokenizer was trained on
     stride: int = 1  # take every k-th source frame; the sample's fps is source fps / k
+    strides: list[int] = field(default_factory=list)  # several strides (e.g. [1, 2, 4]); empty = [stride]
     resolution: Optional[int] = None  # square crop after resizing the short side; null = the tokenizer's
     device: str = "auto"  # auto = this rank's GPU if there is one, else CPU
     threads: int = 1  # torch CPU threads; 0 = leave torch's default
@@ -42,6 +43,8 @@ class EncodeConfig:
         if self.windows != "all" and not (self.windows.isdigit() and int(self.windows) >= 1):
             raise ConfigError(f"windows: 'all' or a number >= 1 of windows per video, got {self.windows!r}")
         _ = self.shard_range  # validates it
+        if any(s < 1 for s in self.strides) or len(set(self.strides)) != len(self.strides):
+            raise ConfigError(f"strides: distinct frame strides >= 1, got {self.strides}")
         if self.context not in ("none", "previous"):
             raise ConfigError(f"context: 'none' or 'previous', got {self.context!r}")
         if self.context == "previous" and self.windows != "all":
@@ -49,6 +52,11 @@ class EncodeConfig:
                 "context=previous pairs each window with the one before it, which needs windows=all "
                 f"(back-to-back windows), got windows={self.windows}"
             )
+
+    @property
+    def all_strides(self) -> list[int]:
+        """The frame strides windows are cut at: ``strides``, or ``[stride]``; each sample's fps follows."""
+        return list(self.strides) or [self.stride]
 
     @property
     def shard_range(self) -> Optional[tuple[int, int]]:

@@ -121,6 +121,7 @@ def _plan_hash(cfg: EncodeConfig, fingerprint: str, source: str) -> str:
         "fingerprint": fingerprint,
         "frames": cfg.frames,
         "stride": cfg.stride,
+        **({"strides": cfg.all_strides} if cfg.strides else {}),  # one stride: the plan of older caches
         "resolution": cfg.resolution,
         "windows": cfg.windows,
         "store": cfg.store,
@@ -155,7 +156,8 @@ def _encode_shard(
     labels: Counter[int] = Counter()  # windows per label, for the manifest's label_counts
     videos = 0
     samples = shard_sample_pipeline([task.url], rank=0, world_size=1, shuffle_shards=False, handler=errors)
-    jobs = ((s, cfg.frames, cfg.stride, cfg.resolution, cfg.num_windows) for s in samples)
+    strides = tuple(cfg.all_strides)
+    jobs = ((s, cfg.frames, strides, cfg.resolution, cfg.num_windows) for s in samples)
     with shard_writer(fs, root, task.name) as (writer, out):
         enc = ShardEncoder(model, writer, cfg.batch_size, cfg.store, previous=cfg.context == "previous")
         # decode a bounded chunk of videos at a time (in order), so memory stays flat on big shards
@@ -180,16 +182,18 @@ def _encode_shard(
                     continue
                 videos += 1
                 labels[label] += len(clips)
-                for window, start, clip in clips:
+                for stride, window, start, clip in clips:
                     info = {
                         "label": label,
                         "class_name": meta.get("class_name"),
-                        "fps": fps / cfg.stride,
+                        "fps": fps / stride,  # the clip's own frame rate: what the fps input means
+                        "stride": stride,
                         "window": window,
                         "start": start,
                         "source_key": key,
                     }
-                    enc.add(f"{member_key(key)}_w{window:03d}", clip, info)  # no "../" from a source
+                    suffix = f"_s{stride}" if len(strides) > 1 else ""  # one stride: the keys as before
+                    enc.add(f"{member_key(key)}{suffix}_w{window:03d}", clip, info)  # no "../" from a source
             del results
         enc.flush()
     skipped += [{"key": "", "reason": "tar_error", "detail": m} for m in errors.messages]

@@ -51,6 +51,7 @@ def write_manifest(
             "clip": {
                 "frames": cfg.frames,
                 "stride": cfg.stride,
+                **({"strides": cfg.all_strides} if cfg.strides else {}),
                 "resolution": cfg.resolution,
                 "windows": cfg.windows,
             },

@@ -4,7 +4,7 @@ in a process pool where a crashing decoder costs one video instead of the job.""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Optional
@@ -32,9 +32,10 @@ def window_starts(num_frames: int, frames: int, stride: int, windows: Optional[i
 
 
 def video_windows(
-    sample: dict[str, Any], frames: int, stride: int, resolution: int, windows: Optional[int]
-) -> tuple[dict[str, Any], float, list[tuple[int, int, torch.Tensor]]]:
-    """Decode one video shard sample into ``(meta, fps, [(window, start, clip [3, T, S, S] in [-1, 1])])``.
+    sample: dict[str, Any], frames: int, strides: Sequence[int], resolution: int, windows: Optional[int]
+) -> tuple[dict[str, Any], float, list[tuple[int, int, int, torch.Tensor]]]:
+    """Decode one video shard sample into ``(meta, fps, [(stride, window, start, clip [3, T, S, S]), ...])``,
+    the windows of every frame stride in ``strides`` cut from one decode.
 
     The resize (in the decoder for mp4, then bilinear with antialias) and the centre crop are the clip
     loader's eval path, so a cached latent is the encoding of exactly the clip an eval loader would make.
@@ -43,21 +44,24 @@ def video_windows(
     size = meta.get("size")
     resize_in_decoder = resolution if resolution % 2 == 0 and size and min(size) != resolution else None
     video, container_fps = decode_frames(sample, max_frames=None, resolution=resize_in_decoder)
-    out: list[tuple[int, int, torch.Tensor]] = []
-    for window, start in enumerate(window_starts(video.shape[0], frames, stride, windows)):
-        out.append((window, start, crop_clip(video[start + stride * np.arange(frames)], resolution)))
+    out: list[tuple[int, int, int, torch.Tensor]] = []
+    for stride in strides:
+        for window, start in enumerate(window_starts(video.shape[0], frames, stride, windows)):
+            out.append(
+                (stride, window, start, crop_clip(video[start + stride * np.arange(frames)], resolution))
+            )
     fps = float(meta.get("fps", container_fps if container_fps is not None else 0.0))
     return meta, fps, out
 
 
-def prepare_job(job: tuple[dict[str, Any], int, int, int, Optional[int]]) -> tuple[str, Any]:
+def prepare_job(job: tuple[dict[str, Any], int, tuple[int, ...], int, Optional[int]]) -> tuple[str, Any]:
     """Worker-side :func:`video_windows` that reports failures instead of raising (keeps the pool alive).
 
     Returns ``("ok", (meta, fps, windows))`` or ``("corrupt", detail)``.
     """
-    sample, frames, stride, resolution, windows = job
+    sample, frames, strides, resolution, windows = job
     try:
-        return "ok", video_windows(sample, frames, stride, resolution, windows)
+        return "ok", video_windows(sample, frames, strides, resolution, windows)
     except Exception as e:  # noqa: BLE001 - a corrupt member is counted, never stops the job
         return "corrupt", f"{type(e).__name__}: {e}"
 

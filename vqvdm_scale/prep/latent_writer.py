@@ -88,7 +88,8 @@ class ShardEncoder:
                 "json": json.dumps(meta, sort_keys=True).encode(),
             }
             if self.previous:
-                src, window = str(meta.get("source_key")), int(meta.get("window", -1))
+                src = f"{meta.get('source_key')}@{meta.get('stride', 1)}"  # pairs within one stride
+                window = int(meta.get("window", -1))
                 if self._last is not None and self._last[:2] == (src, window - 1):
                     sample["prev.npy"] = self._last[2]
                     self.pairs += 1

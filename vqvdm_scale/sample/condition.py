@@ -103,6 +103,7 @@ def conditioned_latents(
     labels: Tensor,
     cfg: SampleConfig,
     generator: Optional[torch.Generator] = None,
+    cfg_fps: Optional[float] = None,
 ) -> Tensor:
     """Latents ``[B, C, n, h, w]`` whose ``known`` latent frames are ``known_z`` ``[1, C, t, h, w]`` exactly."""
     mode = diffusion.config.context_mode
@@ -127,7 +128,7 @@ def conditioned_latents(
         diffusion,
         (b, *spec.shape),
         y=labels if num_classes > 0 else None,
-        fps=torch.full((b,), spec.fps, device=device),
+        fps=torch.full((b,), cfg_fps if cfg_fps else spec.fps, device=device),
         guidance_scale=cfg.guidance if num_classes > 0 else 1.0,
         null_class=num_classes if num_classes > 0 else None,
         sampler=cfg.sampler,

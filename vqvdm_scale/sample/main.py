@@ -180,13 +180,18 @@ def main(cfg: SampleRunConfig) -> list[Path]:
         g = torch.Generator(device=device).manual_seed(cfg.sample.seed * 1_000_003 + idx[0])
         y = torch.tensor(labels, device=device)
         if cond is None:
+            fps_in = torch.full(
+                (len(idx),), float(fps), device=device
+            )  # the fps input: the clips' frame rate
             z = generate_latents(
-                sm.net, sm.diffusion, sm.spec, y, cfg.sample, generator=g, progress=steps_bar
+                sm.net, sm.diffusion, sm.spec, y, cfg.sample, fps=fps_in, generator=g, progress=steps_bar
             )
             video = decode_latents(tokenizer, z, sm.spec, cfg.sample.quantize)
         else:
             real, known_z, known = cond
-            z = conditioned_latents(sm.net, sm.diffusion, sm.spec, known_z, known, y, cfg.sample, generator=g)
+            z = conditioned_latents(
+                sm.net, sm.diffusion, sm.spec, known_z, known, y, cfg.sample, generator=g, cfg_fps=fps
+            )
             video = side_by_side(real, decode_latents(tokenizer, z, sm.spec, cfg.sample.quantize))
         names = [
             f"video_{i:05d}_class{c:03d}_{_slug(sm.classes, c)}" for i, c in zip(idx, labels, strict=True)
