@@ -84,11 +84,13 @@ class RealClip:
     label: int
 
 
-def _num_frames(sample: dict[str, Any]) -> int:
+def _meta(sample: dict[str, Any]) -> dict[str, Any]:
+    """The sample's json (frame count, label), or {} when it is missing or unreadable."""
     try:
-        return int(json.loads(sample["json"]).get("num_frames", 0))
+        meta = json.loads(sample["json"])
     except (KeyError, ValueError, TypeError):
-        return 0
+        return {}
+    return meta if isinstance(meta, dict) else {}
 
 
 def real_clips(
@@ -115,7 +117,11 @@ def real_clips(
     for sample in shard_sample_pipeline(urls, rank=0, world_size=1, shuffle_shards=False, handler=errors):
         if j >= num_videos:
             break
-        n = _num_frames(sample)
+        meta = _meta(sample)
+        try:
+            n = int(meta.get("num_frames", 0))
+        except (ValueError, TypeError):
+            n = 0
         if n < frames * stride:  # StyleGAN-V's discard_short_videos
             skipped["too_short"] += 1
             continue
@@ -134,6 +140,6 @@ def real_clips(
         idx = start + stride * np.arange(frames)
         clip = crop_clip(video[idx], resolution)  # [3, T, S, S] in [-1, 1]
         u8 = ((clip + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
-        label = json.loads(sample["json"]).get("label", -1)
+        label = meta.get("label", -1)
         yield RealClip(index, u8, int(label) if isinstance(label, int) else -1)
     skipped["tar_errors"] += errors.count
