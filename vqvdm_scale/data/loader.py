@@ -27,6 +27,8 @@ from vqvdm_scale.data.reader import Batch, ReaderDataset, ReaderSpec, SampleDeco
 
 __all__ = ["LoaderState", "ResumableLoader"]
 
+_COUNTS = ("errors", "skipped", "network", "retries")  # what each reader reports in its batches' _meta
+
 
 @dataclass
 class LoaderState:
@@ -155,10 +157,9 @@ class ResumableLoader:
             cfg.epoch_samples // batch_size if (train and cfg.resampled and cfg.epoch_samples) else None
         )
         self._state = self._adopt(state)
-        self._errors = 0
-        self._skipped = 0
-        self._epoch_errors: dict[int, int] = {}
-        self._epoch_skipped: dict[int, int] = {}
+        # per count: the finished epochs' total, and this epoch's per worker (as of its latest batch)
+        self._totals = dict.fromkeys(_COUNTS, 0)
+        self._epoch: dict[str, dict[int, int]] = {name: {} for name in _COUNTS}
 
     # state ---------------------------------------------------------------------------------------
 
@@ -231,12 +232,11 @@ class ResumableLoader:
 
     @property
     def stats(self) -> dict[str, int]:
-        """Counters: epoch, corrupt samples/shards skipped (``errors``), too-short videos (``skipped``)."""
-        return {
-            "epoch": self._state.epoch,
-            "errors": self._errors + sum(self._epoch_errors.values()),
-            "skipped": self._skipped + sum(self._epoch_skipped.values()),
-        }
+        """Counters: epoch, corrupt samples/shards skipped (``errors``), too-short videos (``skipped``),
+        network faults reading shards (``network``) and the shard re-opens they cost (``retries``)."""
+        out = {"epoch": self._state.epoch}
+        out.update({name: self._totals[name] + sum(self._epoch[name].values()) for name in _COUNTS})
+        return out
 
     # iteration -----------------------------------------------------------------------------------
 
@@ -298,9 +298,9 @@ class ResumableLoader:
         )
 
     def _end_epoch(self) -> None:
-        self._errors += sum(self._epoch_errors.values())
-        self._skipped += sum(self._epoch_skipped.values())
-        self._epoch_errors, self._epoch_skipped = {}, {}
+        for name in _COUNTS:
+            self._totals[name] += sum(self._epoch[name].values())
+            self._epoch[name] = {}
         ahead = self._state.ahead  # what ranks of an earlier layout already used of the next epoch
         self._state = self._fresh(self._state.epoch + 1, self._state.seed)
         self._state.consumed = ahead
@@ -317,8 +317,8 @@ class ResumableLoader:
                 w = int(meta["worker"])
                 st.worker_cursors[w] = int(meta["cursor"])
                 st.next_worker = (w + 1) % self.readers
-                self._epoch_errors[w] = int(meta["errors"])
-                self._epoch_skipped[w] = int(meta["skipped"])
+                for name in _COUNTS:
+                    self._epoch[name][w] = int(meta[name])
                 if not batch:  # a reader's tail item: counts only
                     continue
                 st.batches_consumed += 1

@@ -5,7 +5,8 @@ One reader = one DataLoader worker of one rank; its stream, after open_clip's la
     shard list -> seeded shuffle by (seed, epoch) | ResampledShards   (same order on every rank)
       -> split by rank (explicit rank/world_size, not read from torch.distributed)
       -> split by worker -> fsspec open (-> sha256 checked against the manifest's) -> tar samples
-         (errors counted, never raised)
+         (bad data counted, never raised; network faults retried from the shard's start, then
+         StorageUnreachable: see data.shard_open)
       -> sample shuffle buffer (train) -> number samples, skip the ones a resumed run already used
 
 Every seed is :func:`mix_seed` of (seed, epoch, ...), so the stream is a pure function of the layout.
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import io
 import logging
 import random
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
@@ -25,10 +25,10 @@ from typing import Any, Optional
 
 import webdataset as wds
 from torch.utils.data import get_worker_info
-from webdataset.tariterators import group_by_keys, tar_file_expander
+from webdataset.tariterators import group_by_keys
 
 from vqvdm_scale.config.text import plural, redact
-from vqvdm_scale.formats.fs import open_url
+from vqvdm_scale.data.shard_open import ShardChecksumError, open_tar_files
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,6 @@ __all__ = [
     "ErrorCounter",
     "ShardChecksumError",
     "check_enough_shards",
-    "fsspec_open_shards",
     "mix_seed",
     "reader_identity",
     "shard_sample_pipeline",
@@ -59,6 +58,8 @@ class ErrorCounter:
         self.where = where
         self.max_logged = max_logged
         self.count = 0
+        self.network = 0  # network faults (retried, not skipped), and the retries they cost
+        self.retries = 0
 
     def __call__(self, exn: BaseException) -> bool:
         """Record ``exn`` and tell webdataset to continue with the next item."""
@@ -67,53 +68,6 @@ class ErrorCounter:
             where = f" ({self.where})" if self.where else ""
             log.warning("skipping bad shard data%s: %s", redact(where), redact(repr(exn)))
         return True
-
-
-class ShardChecksumError(ValueError):
-    """A shard whose bytes do not hash to the sha256 its manifest records (counted and skipped, like a bad tar)."""
-
-
-def read_verified(stream: Any, url: str, sha256: str) -> io.BytesIO:
-    """The whole of ``stream`` in memory, if it hashes to ``sha256``; else :class:`ShardChecksumError` naming ``url``.
-
-    The shard is read before any of its samples is used: a mismatch found at its end would come after its
-    samples had been trained on. Holding one shard per reader is cheap for latent shards (code indices).
-    """
-    data = stream.read()
-    actual = hashlib.sha256(data).hexdigest()
-    if actual != sha256:
-        raise ShardChecksumError(
-            f"shard {url} hashes to sha256 {actual[:16]}..., its manifest records {sha256[:16]}...: it is "
-            "corrupt or was changed after writing (re-run the writer, which redoes such shards); skipped"
-        )
-    return io.BytesIO(data)
-
-
-def fsspec_open_shards(
-    data: Iterable[dict[str, Any]],
-    handler: Callable[[BaseException], bool],
-    checksums: Optional[Mapping[str, str]] = None,
-) -> Iterator[dict[str, Any]]:
-    """Webdataset url opener through fsspec: ``{"url"}`` -> ``{"url", "stream"}`` for any fsspec URL.
-
-    A URL in ``checksums`` is read whole and checked against its sha256 (:func:`read_verified`) first.
-    """
-    for item in data:
-        url = item["url"]
-        try:
-            stream = open_url(url, "rb")
-            if checksums and url in checksums:
-                with stream:
-                    stream = read_verified(stream, url, checksums[url])
-        except Exception as exn:  # noqa: BLE001 - a missing/unreadable/altered shard is counted and skipped
-            exn.args = (*exn.args, url)
-            if handler(exn):
-                continue
-            break
-        try:
-            yield {**item, "stream": stream}
-        finally:
-            stream.close()  # the tar reader has moved on to the next shard (or was closed)
 
 
 def split_by_rank(src: Iterable[Any], rank: int, world_size: int) -> Iterator[Any]:
@@ -200,8 +154,9 @@ def shard_sample_pipeline(
     rank, worker). ``exclude`` drops samples before the shuffle buffer (what the ranks of an earlier
     world size used this epoch), ``skip`` drops the first samples after it (resume). Tar and open
     errors, and shards that do not hash to their sha256 in ``checksums`` (URL -> sha256; a URL not in
-    it is not checked), go to ``handler`` (default: an :class:`ErrorCounter`). A latent loader
-    continues this pipeline with its own decode.
+    it is not checked), go to ``handler`` (default: an :class:`ErrorCounter`); network faults are
+    retried from the shard's start (:func:`~vqvdm_scale.data.shard_open.open_tar_files`). A latent
+    loader continues this pipeline with its own decode.
     """
     if not urls:
         raise ValueError("shard_sample_pipeline needs at least one shard URL")
@@ -219,9 +174,9 @@ def shard_sample_pipeline(
     else:
         shuffle = mix_seed(seed, epoch) if shuffle_shards else None
         stages += _seeded_shards(urls, rank, world_size, worker, num_workers, shuffle)
+    faults = handler if isinstance(handler, ErrorCounter) else ErrorCounter()
     stages += [
-        functools.partial(fsspec_open_shards, handler=handler, checksums=checksums),
-        functools.partial(tar_file_expander, handler=handler),
+        functools.partial(open_tar_files, handler=handler, faults=faults, checksums=checksums),
         functools.partial(group_by_keys, handler=handler),
     ]
     if exclude:

@@ -138,6 +138,18 @@ class ReaderSpec:
         return worker, counter, iter(samples)
 
 
+def _meta(worker: int, cursor: int, counter: ErrorCounter, skipped: int) -> dict[str, int]:
+    """What a reader reports with each batch: its cursor, and its bad-data, short-video and network counts."""
+    return dict(
+        worker=worker,
+        cursor=cursor,
+        errors=counter.count,
+        skipped=skipped,
+        network=counter.network,
+        retries=counter.retries,
+    )
+
+
 def collate_batch(samples: list[dict[str, Any]], meta: dict[str, int]) -> Batch:
     """Stack a reader's decoded samples into a batch, with the reader's ``_meta`` (worker, cursor, counts).
 
@@ -194,11 +206,9 @@ class ReaderDataset(IterableDataset):
                 counter(exn)
                 continue
             if len(batch) == r.batch_size:
-                yield collate_batch(
-                    batch, dict(worker=worker, cursor=cursor, errors=counter.count, skipped=skipped)
-                )
+                yield collate_batch(batch, _meta(worker, cursor, counter, skipped))
                 batch = []
-        meta = dict(worker=worker, cursor=cursor, errors=counter.count, skipped=skipped)
+        meta = _meta(worker, cursor, counter, skipped)
         if batch and not r.drop_last:
             yield collate_batch(batch, meta)
         # a sample-less tail item reports the counts of errors after this reader's last batch; it takes a

@@ -21,6 +21,7 @@ from fsspec.core import url_to_fs
 
 from vqvdm_scale.config.core import UserError
 from vqvdm_scale.config.text import plural
+from vqvdm_scale.formats.faults import storage_errors
 from vqvdm_scale.formats.fs import MANIFEST_NAME, SHARD_SPEC_FORMS, join_url, read_manifest
 
 
@@ -107,5 +108,6 @@ def resolve_shards(spec: str | Sequence[str]) -> list[str]:
         raise UserError(f"no shards found at {spec!r}: {SHARD_SPEC_FORMS}")
     urls: list[str] = []
     for item in items:
-        urls.extend(_resolve_one(item))
+        with storage_errors(item):  # an unreachable store is one line, not a client traceback
+            urls.extend(_resolve_one(item))
     return urls

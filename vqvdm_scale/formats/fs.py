@@ -8,6 +8,7 @@ from typing import IO, Any
 import fsspec
 
 from vqvdm_scale.config.core import UserError
+from vqvdm_scale.formats.faults import storage_errors
 
 MANIFEST_NAME = "manifest.json"
 
@@ -31,7 +32,7 @@ def read_manifest(dir_url: str) -> dict[str, Any]:
     """Load ``dir_url/manifest.json`` (a shard directory's manifest) as a dict; ValueError if absent/bad."""
     url = join_url(dir_url, MANIFEST_NAME)
     try:
-        with open_url(url, "rb") as f:
+        with storage_errors(url), open_url(url, "rb") as f:
             manifest = json.loads(f.read().decode("utf-8"))
     except FileNotFoundError as e:
         raise UserError(f"no {MANIFEST_NAME} at {dir_url}: {SHARD_SPEC_FORMS}") from e

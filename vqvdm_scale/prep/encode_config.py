@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Optional
 
 from vqvdm_scale.config.core import ConfigError
+from vqvdm_scale.formats.object_store import ObjectStoreConfig
 
 __all__ = ["EncodeConfig"]
 
@@ -30,6 +31,7 @@ class EncodeConfig:
     progress: bool = True
     shards: str = ""  # "start:stop": encode only these input shard indices (one task of a job array)
     context: Literal["none", "previous"] = "none"  # "previous": each window also holds its predecessor (PVDM)
+    object_store: ObjectStoreConfig = field(default_factory=ObjectStoreConfig)  # s3:// / gs:// options
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "frames", "stride", "resolution"):

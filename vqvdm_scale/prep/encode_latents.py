@@ -60,8 +60,10 @@ from vqvdm_scale.engine.env import (
     is_dist,
     pick_device,
 )
+from vqvdm_scale.formats.faults import storage_errors
 from vqvdm_scale.formats.labels import LabelError, check_label
 from vqvdm_scale.formats.latent_shards import LATENT_FORMAT
+from vqvdm_scale.formats.object_store import apply_object_store
 from vqvdm_scale.formats.shard_io import MANIFEST_NAME, join_url, member_key, publish_shard, shard_writer
 from vqvdm_scale.formats.tokenizer_export import clip_size, load_tokenizer
 from vqvdm_scale.formats.video_shards import shard_entries
@@ -237,6 +239,11 @@ def _check_inputs(cfg: EncodeConfig) -> EncodeConfig:
 def main(cfg: EncodeConfig) -> dict[str, Any]:
     """Encode ``cfg.input`` into latent shards under ``cfg.output``; returns the manifest (every rank)."""
     cfg = _check_inputs(cfg)
+    apply_object_store(cfg.object_store)
+    resolve_shards(cfg.input)  # an unreachable store or missing bucket: one line, before the model loads
+    with storage_errors(cfg.output):
+        fs, root = url_to_fs(cfg.output)
+        fs.exists(root)
     created = False
     # torchrun/deepspeed export WORLD_SIZE; under srun it comes from Slurm's variables
     if not is_dist() and export_torch_env().world_size > 1:

@@ -29,7 +29,7 @@ import json
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
 
 import fsspec
@@ -47,7 +47,9 @@ from vqvdm_scale.data.video_io import (
     decode_video,
     encode_mp4,
 )
+from vqvdm_scale.formats.faults import storage_errors
 from vqvdm_scale.formats.labels import LabelError, check_label
+from vqvdm_scale.formats.object_store import ObjectStoreConfig, apply_object_store
 from vqvdm_scale.formats.shard_io import MANIFEST_NAME, join_url, publish_shard, shard_writer, write_json
 from vqvdm_scale.formats.video_shards import VIDEO_FORMAT, sample_key, shard_name
 from vqvdm_scale.prep.layouts import VIDEO_EXTENSIONS, VideoItem, list_items
@@ -110,6 +112,7 @@ class ShardsConfig:
     progress: bool = True  # tqdm progress bar
     synthetic: bool = False  # entry script: first write the built-in synthetic dataset into ``input``
     synthetic_classes: int = 4  # classes of that synthetic dataset
+    object_store: ObjectStoreConfig = field(default_factory=ObjectStoreConfig)  # s3:// / gs:// options
 
     def __post_init__(self) -> None:
         if self.synthetic_classes < 1:
@@ -306,8 +309,10 @@ def main(cfg: ShardsConfig) -> dict[str, Any]:
         raise UserError(
             f"no videos found in {cfg.input!r} for layout {cfg.layout!r} (extensions {', '.join(cfg.extensions)})"
         )
-    fs, root = url_to_fs(cfg.output)
-    fs.makedirs(root, exist_ok=True)
+    apply_object_store(cfg.object_store)
+    with storage_errors(cfg.output):  # an unreachable store is one line, before any video is read
+        fs, root = url_to_fs(cfg.output)
+        fs.makedirs(root, exist_ok=True)
     plan = plan_hash({name: getattr(cfg, name) for name in _PLAN_FIELDS})
     size = cfg.shard_size
     tasks = [

@@ -26,6 +26,7 @@ from vqvdm_scale.evaluate.config import PeriodicEvalConfig
 from vqvdm_scale.formats.labels import check_label_counts
 from vqvdm_scale.formats.latent_shards import LatentStats, check_fingerprint
 from vqvdm_scale.formats.ldm_export import EMA_FILE, LatentSpec, save_ema
+from vqvdm_scale.formats.object_store import ObjectStoreConfig, apply_object_store
 from vqvdm_scale.formats.tokenizer_export import load_tokenizer, read_fingerprint
 from vqvdm_scale.models.unet.config import UNetConfig
 from vqvdm_scale.models.unet.model import UNet3D
@@ -59,6 +60,7 @@ class LDMRunConfig:
     class_conditional: bool = True
     media_videos: int = 4
     eval: PeriodicEvalConfig = field(default_factory=PeriodicEvalConfig)
+    object_store: ObjectStoreConfig = field(default_factory=ObjectStoreConfig)
 
     def __post_init__(self) -> None:
         if self.diffusion.context_mode != "none" and not self.model.context_frames:
@@ -280,5 +282,6 @@ class LDMTrainer(Trainer):
 
 def main(cfg: LDMRunConfig) -> Path:
     """Train (or resume) the latent U-Net described by ``cfg``; return the run dir."""
+    apply_object_store(cfg.object_store)  # the cache check below reads the store: one line if unreachable
     cfg, manifest = resolve_from_cache(cfg)
     return LDMTrainer(cfg, manifest).fit()

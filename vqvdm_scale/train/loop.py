@@ -1,12 +1,11 @@
 """The training loop both stages share: updates, NaN guard, EMA, cadence, resume, logging, checkpoints.
 
-A stage subclasses :class:`Trainer` and fills in ``build`` (its models and ``self.engines``, and the
-module to average in ``self.ema_source``), ``build_loader`` and ``updates`` (pure step functions: batch
--> loss and scalars, one per engine it steps), and optionally ``media``/``finish``. The loop owns the
-rest once: grad accumulation, backward and step through the :class:`~vqvdm_scale.engine.protocol.Engine`
-protocol, the non-finite guard agreed on every rank, the EMA update, resuming by re-running the same
-command, the ``latest`` pointer and keep-K, and TensorBoard.
-"""
+A stage subclasses :class:`Trainer` and fills in ``build`` (its models and ``self.engines``, and the module
+to average in ``self.ema_source``), ``build_loader`` and ``updates`` (pure step functions: batch -> loss and
+scalars, one per engine it steps), and optionally ``media``/``finish``. The loop owns the rest once: grad
+accumulation, backward and step through the :class:`~vqvdm_scale.engine.protocol.Engine` protocol, the
+non-finite guard agreed on every rank, the EMA update, resuming by re-running the same command, the
+``latest`` pointer and keep-K, a checkpoint when the object store is lost, and TensorBoard."""
 
 from __future__ import annotations
 
@@ -43,6 +42,7 @@ from vqvdm_scale.engine.env import (
 )
 from vqvdm_scale.engine.nccl import export_nccl_env
 from vqvdm_scale.engine.protocol import Engine
+from vqvdm_scale.formats.object_store import apply_object_store
 from vqvdm_scale.monitor.logger import Logger, make_logger
 from vqvdm_scale.monitor.meters import StepTimer
 from vqvdm_scale.monitor.progress import Progress, Throughput
@@ -50,6 +50,7 @@ from vqvdm_scale.train.config import RunConfig
 from vqvdm_scale.train.reporting import report_step, summary_line
 from vqvdm_scale.train.run_lock import RunLock
 from vqvdm_scale.train.signals import StopOnSignal
+from vqvdm_scale.train.storage_stop import StorageUnreachable, next_batch, stop_on_lost_store
 
 
 class NonFiniteLossError(RuntimeError):
@@ -64,8 +65,7 @@ class Update:
     """One optimiser update of a micro-step: ``loss(batch, ctx) -> (loss, scalars)``, stepped by ``engine``.
 
     ``ctx`` is a dict shared by the updates of one micro-step (the VQGAN's discriminator update reads
-    the reconstruction its generator update left there).
-    """
+    the reconstruction its generator update left there)."""
 
     engine: str
     loss: LossFn
@@ -79,12 +79,11 @@ def run_updates(
 ) -> dict[str, float] | None:
     """One micro-step, atomic: every update's loss first, then each backward and step in order.
 
-    ``skip`` sees all the losses at once (one check, agreed across ranks by the trainer): when it says
-    so, no engine steps, so a non-finite second loss (the VQGAN's discriminator) cannot leave the first
-    engine stepped alone. The losses may be computed first because a later update reads only detached
-    values of an earlier one (the discriminator update takes the generator's detached reconstruction).
-    This is the whole of what the trainer runs per micro-batch (benchmarks time exactly this).
-    """
+    ``skip`` sees all the losses at once (one check, agreed across ranks by the trainer): when it says so,
+    no engine steps, so a non-finite second loss (the VQGAN's discriminator) cannot leave the first engine
+    stepped alone. The losses may be computed first because a later update reads only detached values of
+    an earlier one (the discriminator update takes the generator's detached reconstruction). This is the
+    whole of what the trainer runs per micro-batch (benchmarks time exactly this)."""
     ctx: dict[str, Any] = {}
     logs: dict[str, float] = {}
     losses = []
@@ -108,6 +107,7 @@ class Trainer(ABC):
 
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg
+        apply_object_store(getattr(cfg, "object_store", None))  # before any shard is opened, workers included
         self.run_cfg: RunConfig = cfg.run
         self.train_cfg: TrainConfig = cfg.train
         export_nccl_env(
@@ -223,14 +223,12 @@ class Trainer(ABC):
             )
         return True
 
-    def save(self) -> None:
-        """Checkpoint every engine plus step, loader state, RNG, EMA and the resolved config."""
-        client = {
-            "step": self.step,
-            "nonfinite_total": self.nonfinite_total,
-            "config": redact(to_dict(self.cfg)),
-            "loader": self.loader.state_dict() if self.loader is not None else {},
-        }
+    def save(self, loader_state: dict[str, Any] | None = None) -> None:
+        """Checkpoint every engine plus step, loader state (default: the loader's now), RNG, EMA and config."""
+        if loader_state is None:
+            loader_state = self.loader.state_dict() if self.loader is not None else {}
+        client = {"step": self.step, "nonfinite_total": self.nonfinite_total, "loader": loader_state}
+        client["config"] = redact(to_dict(self.cfg))
         if self.ema is not None:
             client["ema"] = self.ema.state_dict()
         per_rank = {"rng": rng_state(), "loader": client["loader"]}
@@ -280,6 +278,8 @@ class Trainer(ABC):
         """Train to ``train.max_steps`` (resuming if a checkpoint exists); return the run dir."""
         try:
             return self._fit()
+        except StorageUnreachable as lost:  # the loaders spent their retries: save, stop, resume later
+            stop_on_lost_store(self, lost)
         finally:
             if is_main():
                 self.lock.release()
@@ -360,7 +360,7 @@ class Trainer(ABC):
             logs_acc: dict[str, float] = {}
             while done < self.train_cfg.grad_accum:
                 t0 = time.perf_counter()
-                batch = next(batches)
+                batch = next_batch(self, batches, done)
                 timer.add_data_wait(time.perf_counter() - t0)
                 if flops_step is None:
                     flops_step = self.flops_per_step(batch)

@@ -29,14 +29,15 @@ def report_step(
         values["perf/tflops_per_device"] = achieved / 1e12
         values["perf/mfu"] = achieved / (trainer.train_cfg.flops_peak_tflops * 1e12)
     stats = trainer.loader.stats if trainer.loader is not None and hasattr(trainer.loader, "stats") else {}
-    ranks = gather_floats(
-        [perf["perf/s_per_step"], perf["perf/data_wait_pct"], stats.get("errors", 0), stats.get("skipped", 0)]
-    )
-    for r, (s_per_step, data_pct, _, _) in enumerate(ranks):
+    counts = [stats.get(name, 0) for name in ("errors", "skipped", "network", "retries")]
+    ranks = gather_floats([perf["perf/s_per_step"], perf["perf/data_wait_pct"], *counts])
+    for r, (s_per_step, data_pct, *_) in enumerate(ranks):
         values[f"perf_rank/{r}/s_per_step"] = s_per_step
         values[f"perf_rank/{r}/data_wait_pct"] = data_pct
     values["data/corrupt_skipped"] = sum(r[2] for r in ranks)  # all ranks, this run so far
     values["data/short_skipped"] = sum(r[3] for r in ranks)
+    values["data/network_faults"] = sum(r[4] for r in ranks)  # retried, never skipped
+    values["data/network_retries"] = sum(r[5] for r in ranks)
     values.update(engine_scalars(trainer.engines))
     trainer.logger.scalars(values, trainer.step)
     loss = logs.get("loss", next(iter(logs.values()), math.nan))

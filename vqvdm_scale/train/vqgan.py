@@ -17,10 +17,12 @@ import torch
 
 from vqvdm_scale.config.core import ConfigError, presets
 from vqvdm_scale.data import ClipLoaderConfig, LoaderState, build_clip_loader
+from vqvdm_scale.data.urls import resolve_shards
 from vqvdm_scale.engine.config import TrainConfig
 from vqvdm_scale.engine.deepspeed_engine import build_engine
 from vqvdm_scale.engine.env import barrier, is_main, print0
 from vqvdm_scale.engine.protocol import Engine
+from vqvdm_scale.formats.object_store import ObjectStoreConfig, apply_object_store
 from vqvdm_scale.formats.tokenizer_export import export_tokenizer
 from vqvdm_scale.losses.vqgan_loss import VQGANLoss, VQGANLossConfig
 from vqvdm_scale.metrics.recon import psnr, ssim
@@ -50,6 +52,7 @@ class VQGANRunConfig:
     disc: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
     loss: VQGANLossConfig = field(default_factory=VQGANLossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    object_store: ObjectStoreConfig = field(default_factory=ObjectStoreConfig)
     export: Optional[str] = None
     eval_clips: int = 4
 
@@ -233,5 +236,7 @@ class VQGANTrainer(Trainer):
 
 def main(cfg: VQGANRunConfig) -> Path:
     """Train (or resume) the VQGAN described by ``cfg``; return the tokenizer export path."""
+    apply_object_store(cfg.object_store)
+    resolve_shards(cfg.data.train_shards)  # unreachable store, missing bucket: one line before any model
     VQGANTrainer(cfg).fit()
     return cfg.export_path
