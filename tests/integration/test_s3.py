@@ -67,6 +67,15 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         fsspec.config.conf.update(saved_conf)
 
 
+@pytest.fixture
+def _own_store_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process runs write their object_store options to the environment: give it back after the test."""
+    for name in ("FSSPEC_S3", "FSSPEC_GCS", "VQVDM_STORAGE_RETRY"):
+        monkeypatch.delenv(name, raising=False)
+    for proto in ("s3", "s3a", "gcs", "gs"):
+        monkeypatch.setitem(fsspec.config.conf, proto, dict(fsspec.config.conf.get(proto, {})))
+
+
 def _overrides(run_dir: Path, *extra: str) -> list[str]:
     return [
         f"data.train_shards={VIDEOS}",
@@ -120,6 +129,7 @@ def test_make_shards_wrote_s3_and_two_ranks_train_from_it(s3: dict[str, Any], tm
 
 
 @pytest.mark.timeout(200)
+@pytest.mark.usefixtures("_own_store_settings")
 def test_encode_latents_s3_to_s3(s3: dict[str, Any], tmp_path: Path) -> None:
     import torch
 
@@ -150,6 +160,7 @@ def test_encode_latents_s3_to_s3(s3: dict[str, Any], tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.usefixtures("_own_store_settings")
 def test_unreachable_endpoint_and_missing_bucket_are_one_line(
     s3: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -168,3 +168,11 @@ def test_object_store_options_reach_fsspec_and_are_undone() -> None:
         None
     )  # the next run's defaults replace them "endpoint_url" not in fsspec.config.conf["s3"] and "anon" not in fsspec.config.conf["s3"]
     assert retry_policy() == RetryPolicy()
+
+
+def test_options_inherited_from_an_earlier_run_are_replaced() -> None:
+    # a process started by another run reads that run's FSSPEC_S3 at import: this run's section wins
+    fsspec.config.conf["s3"] = {"endpoint_url": "http://127.0.0.1:9", "anon": True, "key_file": "kept"}
+    apply_object_store(ObjectStoreConfig(profile="work"))
+    assert fsspec.config.conf["s3"]["profile"] == "work" and fsspec.config.conf["s3"]["key_file"] == "kept"
+    assert "endpoint_url" not in fsspec.config.conf["s3"] and "anon" not in fsspec.config.conf["s3"]

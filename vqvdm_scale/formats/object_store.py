@@ -104,7 +104,12 @@ def _gcs_options(cfg: ObjectStoreConfig) -> dict[str, Any]:
     return opts
 
 
-_applied: dict[str, dict[str, Any]] = {}  # what this process put into fsspec's conf, per protocol
+# every option this section sets, per backend: all are replaced on each apply, also when they came from an
+# earlier run's FSSPEC_S3 / FSSPEC_GCS inherited through the environment
+_MANAGED = {
+    "s3": ("config_kwargs", "endpoint_url", "profile", "anon", "requester_pays"),
+    "gcs": ("timeout", "endpoint_url", "token", "requester_pays"),
+}
 
 
 def apply_object_store(cfg: Optional[ObjectStoreConfig]) -> None:
@@ -113,10 +118,9 @@ def apply_object_store(cfg: Optional[ObjectStoreConfig]) -> None:
     for backend, options in (("s3", _s3_options(cfg)), ("gcs", _gcs_options(cfg))):
         for proto in _PROTOCOLS[backend]:
             conf = fsspec.config.conf.setdefault(proto, {})
-            for key in _applied.get(proto, {}):
+            for key in _MANAGED[backend]:
                 conf.pop(key, None)
             conf.update(options)
-            _applied[proto] = dict(options)
         os.environ[f"FSSPEC_{backend.upper()}"] = json.dumps(options)
     os.environ[_RETRY_ENV] = json.dumps(asdict(RetryPolicy(cfg.tries, cfg.backoff_s)))
 
