@@ -1,9 +1,10 @@
 """Every stage against a real local S3 endpoint (moto's server in its own process), and a store that dies.
 
-make_shards writes s3://, a 2-rank VQGAN trains from it, encode_latents goes s3:// -> s3://; an
-unreachable endpoint or a missing bucket is one line and exit code 2 before any model is built; a store
-killed mid-run stops the run with "storage unreachable" after a checkpoint, and once the store is back
-with the same shards the same command finishes with the losses of an uninterrupted run.
+make_shards writes s3://, a 2-rank VQGAN trains from it, encode_latents goes s3:// -> s3:// and a 2-rank
+LDM trains from that; an unreachable endpoint or a missing bucket is one line and exit code 2 before any
+model is built; a store frozen past the read timeout costs time, not data; a store killed mid-run stops
+the run with "storage unreachable" after a checkpoint, and once the store is back with the same shards
+the same command finishes with the losses of an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -101,11 +104,6 @@ def _train(rank: int, world: int, overrides: list[str]) -> int:
     return trainer.step
 
 
-def _cli(script: str, args: list[str], timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, str(REPO / script), *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO)
-
-
 def _one_line(capsys: pytest.CaptureFixture[str], run: Any, *args: Any) -> str:
     """The stderr of ``run_cli(...)``, which must exit 2 with one line."""
     with pytest.raises(SystemExit) as exit_info:
@@ -128,9 +126,17 @@ def test_make_shards_wrote_s3_and_two_ranks_train_from_it(s3: dict[str, Any], tm
     assert (run / "tokenizer.safetensors").is_file()
 
 
-@pytest.mark.timeout(200)
+def _train_ldm(rank: int, world: int, overrides: list[str]) -> str:
+    from vqvdm_scale.train.ldm import LDMRunConfig, main
+
+    return str(main(load_config(LDMRunConfig, REPO / "configs" / "ldm" / "tiny.yaml", overrides)))
+
+
+@pytest.mark.timeout(300)
 @pytest.mark.usefixtures("_own_store_settings")
-def test_encode_latents_s3_to_s3(s3: dict[str, Any], tmp_path: Path) -> None:
+def test_encode_latents_s3_to_s3_and_two_ranks_train_the_ldm_from_it(
+    s3: dict[str, Any], tmp_path: Path
+) -> None:
     import torch
 
     from vqvdm_scale.data import LatentLoaderConfig, build_latent_loader
@@ -157,6 +163,22 @@ def test_encode_latents_s3_to_s3(s3: dict[str, Any], tmp_path: Path) -> None:
     )
     batch = next(iter(loader))
     assert len(batch["key"]) == 8 and loader.stats["network"] == 0
+    run = tmp_path / "ldm"
+    overrides = [
+        "data.train_latents=s3://clips/latents",
+        f"tokenizer={tok}",
+        f"run.dir={run}",
+        "data.num_workers=1",
+        "data.shuffle_buffer=0",
+        "train.micro_batch_size=2",
+        "train.max_steps=2",
+        "run.progress=false",
+        "run.media_every=0",
+        "model.model_channels=16",
+        "model.head_dim=16",
+    ]
+    run_on_ranks(_train_ldm, 2, timeout=240, args=(overrides,))
+    assert (run / "checkpoints" / "step_00000002" / "COMPLETE").exists()
 
 
 @pytest.mark.timeout(120)
@@ -201,33 +223,72 @@ def _final_losses(stdout: str) -> str:
     return found[-1]
 
 
-@pytest.mark.timeout(300)
-def test_dead_store_stops_after_saving_and_the_rerun_finishes_exactly(
-    s3: dict[str, Any], tmp_path: Path
-) -> None:
-    server, fs = s3["server"], s3["fs"]
-    extra = [*FAST_FAIL, "train.max_steps=6", "data.num_workers=0", "run.progress=true"]
-    base = _cli("launchers/train_vqgan.py", ["--config", str(TINY), *_overrides(tmp_path / "base", *extra)])
-    assert base.returncode == 0, base.stderr[-3000:]
-    run = tmp_path / "run"
-    cmd = [
-        sys.executable,
-        str(REPO / "launchers/train_vqgan.py"),
-        "--config",
-        str(TINY),
-        *_overrides(run, *extra),
-    ]
+FOUR_STEPS = [*FAST_FAIL, "train.max_steps=4", "data.num_workers=0", "run.progress=true"]
+
+
+def _train_cmd(run: Path, *extra: str) -> list[str]:
+    script = str(REPO / "launchers" / "train_vqgan.py")
+    return [sys.executable, script, "--config", str(TINY), *_overrides(run, *FOUR_STEPS, *extra)]
+
+
+def _run_and_at_step_2(cmd: list[str], action: Callable[[], None]) -> tuple[int, str, str]:
+    """Run ``cmd``; once it reports step 2 (the loader reads one shard a step), call ``action``."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
     assert proc.stdout is not None
     seen = []
-    for line in proc.stdout:  # kill the store once step 2 is done (the loader reads one shard a step)
+    for line in proc.stdout:
         seen.append(line)
-        if re.search(r"\bstep 2/6\b", line):
-            server.kill()
+        if re.search(r"\bstep 2/4\b", line):
+            action()
             break
     out, err = proc.communicate(timeout=200)
-    stdout = "".join(seen) + out
-    assert proc.returncode == 2, stdout[-2000:] + err[-3000:]
+    return proc.returncode, "".join(seen) + out, err
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(s3: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The final losses of the 4-step run with the store up throughout."""
+    done = subprocess.run(
+        _train_cmd(tmp_path_factory.mktemp("base") / "run"),
+        capture_output=True,
+        text=True,
+        timeout=200,
+        cwd=REPO,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return _final_losses(done.stdout)
+
+
+@pytest.mark.timeout(300)
+def test_a_stalled_store_costs_time_not_data(s3: dict[str, Any], uninterrupted: str, tmp_path: Path) -> None:
+    server = s3["server"]
+    # frozen past the read timeout: requests time out and are retried (by s3fs, then by the loader)
+    cmd = _train_cmd(tmp_path / "run", "object_store.tries=5", "object_store.backoff_s=0.5")
+
+    def stall() -> None:
+        server.freeze()
+        threading.Timer(2 * 5.0 + 1, server.thaw).start()  # FAST_FAIL's read timeout is 5 s
+
+    try:
+        start = time.monotonic()
+        rc, out, err = _run_and_at_step_2(cmd, stall)
+    finally:
+        server.thaw()
+    assert rc == 0, err[-3000:]
+    assert time.monotonic() - start > 11  # the run did wait for the store
+    assert _final_losses(out) == uninterrupted
+    assert "skipping bad shard" not in err
+
+
+@pytest.mark.timeout(300)
+def test_dead_store_stops_after_saving_and_the_rerun_finishes_exactly(
+    s3: dict[str, Any], uninterrupted: str, tmp_path: Path
+) -> None:
+    server, fs = s3["server"], s3["fs"]
+    run = tmp_path / "run"
+    cmd = _train_cmd(run)
+    rc, out, err = _run_and_at_step_2(cmd, server.kill)
+    assert rc == 2, out[-2000:] + err[-3000:]
     last = err.strip().splitlines()[-1]
     assert re.fullmatch(
         r"error: storage unreachable: s3://clips/videos/shard-\d+\.tar after 2 tries \(\w+\); "
@@ -243,4 +304,4 @@ def test_dead_store_stops_after_saving_and_the_rerun_finishes_exactly(
     fs.pipe(s3["shards"])
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=200, cwd=REPO)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert _final_losses(again.stdout) == _final_losses(base.stdout)
+    assert _final_losses(again.stdout) == uninterrupted
