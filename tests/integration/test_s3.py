@@ -1,10 +1,11 @@
 """Every stage against a real local S3 endpoint (moto's server in its own process), and a store that dies.
 
 make_shards writes s3://, a 2-rank VQGAN trains from it, encode_latents goes s3:// -> s3:// and a 2-rank
-LDM trains from that; an unreachable endpoint or a missing bucket is one line and exit code 2 before any
-model is built; a store frozen past the read timeout costs time, not data; a store killed mid-run stops
-the run with "storage unreachable" after a checkpoint, and once the store is back with the same shards
-the same command finishes with the losses of an uninterrupted run.
+LDM trains from that, evaluation reads its real shards from s3://; an unreachable endpoint or a missing
+bucket is one line and exit code 2 before any model is built; a store frozen past the read timeout costs
+time, not data; a store killed mid-run stops the run with "storage unreachable" after a checkpoint, and
+once the store is back with the same shards the same command finishes with the losses of an
+uninterrupted run.
 """
 
 from __future__ import annotations
@@ -68,6 +69,15 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         os.environ.update(saved_env)
         fsspec.config.conf.clear()
         fsspec.config.conf.update(saved_conf)
+
+
+def _evaluate(rank: int, world: int, options: dict[str, Any]) -> dict[str, Any]:
+    from vqvdm_scale.evaluate.config import EvalConfig
+    from vqvdm_scale.evaluate.main import main
+    from vqvdm_scale.metrics.protocol import ProtocolConfig
+
+    protocol = ProtocolConfig(num_real=8, num_fake=2, frames=8, resolution=16)
+    return main(EvalConfig(**options, protocol=protocol, random_detectors=True, batch_size=4, progress=False))
 
 
 @pytest.fixture
@@ -181,12 +191,35 @@ def test_encode_latents_s3_to_s3_and_two_ranks_train_the_ldm_from_it(
     assert (run / "checkpoints" / "step_00000002" / "COMPLETE").exists()
 
 
+@pytest.mark.timeout(200)
+def test_evaluation_reads_the_real_shards_from_s3(s3: dict[str, Any], tmp_path: Path) -> None:
+    import torch
+
+    from vqvdm_scale.formats.tokenizer_export import export_tokenizer
+    from vqvdm_scale.models.tokenizer import VQTokenizer, tokenizer_preset
+
+    torch.manual_seed(0)
+    cfg = tokenizer_preset("tiny")
+    export_tokenizer(VQTokenizer(cfg).eval(), cfg, tmp_path / "tok.safetensors", frames=8, resolution=16)
+    options = dict(
+        real=VIDEOS,
+        metrics=["recon"],
+        tokenizer=str(tmp_path / "tok.safetensors"),
+        cache_dir=str(tmp_path / "cache"),
+        output=str(tmp_path / "results.json"),
+    )
+    res = run_on_ranks(_evaluate, 1, timeout=180, args=(options,))[0]
+    assert res["metrics"]["recon"]["clips"] == 8 and res["metrics"]["recon"]["psnr"] > 0
+
+
 @pytest.mark.timeout(120)
 @pytest.mark.usefixtures("_own_store_settings")
 def test_unreachable_endpoint_and_missing_bucket_are_one_line(
     s3: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from vqvdm_scale.data.synthetic import write_synthetic_dataset
+    from vqvdm_scale.evaluate.config import EvalConfig
+    from vqvdm_scale.evaluate.main import main as evaluate
     from vqvdm_scale.formats.tokenizer_export import export_tokenizer
     from vqvdm_scale.models.tokenizer import VQTokenizer, tokenizer_preset
     from vqvdm_scale.prep.encode_latents import EncodeConfig
@@ -214,6 +247,16 @@ def test_unreachable_endpoint_and_missing_bucket_are_one_line(
     export_tokenizer(VQTokenizer(cfg), cfg, tok, frames=8, resolution=16)
     args = [f"tokenizer={tok}", f"input={VIDEOS}", "output=s3://clips/l2", dead, *FAST_FAIL]
     err = _one_line(capsys, args, EncodeConfig, encode)
+    assert err.startswith("error: storage unreachable: cannot reach the store of s3://clips/videos"), err
+    args = [
+        f"real={VIDEOS}",
+        "metrics=[recon]",
+        f"tokenizer={tok}",
+        "protocol.resolution=16",
+        "random_detectors=true",
+        dead,
+    ]
+    err = _one_line(capsys, args, EvalConfig, evaluate)
     assert err.startswith("error: storage unreachable: cannot reach the store of s3://clips/videos"), err
 
 

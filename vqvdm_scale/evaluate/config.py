@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from vqvdm_scale.config.core import ConfigError
+from vqvdm_scale.formats.object_store import ObjectStoreConfig
 from vqvdm_scale.metrics.protocol import ProtocolConfig
 from vqvdm_scale.sample.api import SampleConfig
 
@@ -60,6 +61,7 @@ class EvalConfig:
         batch_size: clips per detector / sampler call on a rank.
         cache_dir: where real features are cached (keyed by manifest hash, split, protocol and detector).
         output: the results JSON (a sweep writes ``<stem>_guidance<W>.json`` beside it).
+        object_store: options of the s3:// / gs:// store the real shards are read from.
     """
 
     real: Optional[str] = None
@@ -81,6 +83,7 @@ class EvalConfig:
     output: str = "results.json"
     device: str = "auto"
     progress: bool = True
+    object_store: ObjectStoreConfig = field(default_factory=ObjectStoreConfig)
 
     def __post_init__(self) -> None:
         bad = [m for m in self.metrics if m not in METRICS]

@@ -28,6 +28,7 @@ from vqvdm_scale.evaluate.fakes import DirFakes, ModelFakes
 from vqvdm_scale.evaluate.passes import Sink, fake_pass, real_features, tgan_crop
 from vqvdm_scale.evaluate.recon import recon_pass
 from vqvdm_scale.evaluate.report import code_version, protocol_record, sweep_plot, sweep_table, write_json
+from vqvdm_scale.formats.object_store import apply_object_store
 from vqvdm_scale.metrics.detectors import Detector, Kind, load_detector
 from vqvdm_scale.metrics.real_clips import RealSource, open_real
 from vqvdm_scale.metrics.stats import frechet_distance, gaussian_stats, inception_score, polynomial_mmd
@@ -267,7 +268,8 @@ def _ema_path(cfg: EvalConfig) -> Path:
 def main(cfg: EvalConfig) -> dict[str, Any]:
     """Evaluate, write ``cfg.output`` (and a sweep's files) on rank 0, and return the results."""
     t0 = time.perf_counter()
-    _check_inputs(cfg)  # a wrong path is said before any process group starts
+    apply_object_store(cfg.object_store)
+    _check_inputs(cfg)  # a wrong path or an unreachable store is said before any process group starts
     init_distributed()
     device = pick_device(cfg.device)
     if get_world_size() > 1:
