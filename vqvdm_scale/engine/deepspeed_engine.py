@@ -69,15 +69,22 @@ class DeepSpeedEngine:
 
     def __init__(self, engine: Any, module: nn.Module) -> None:
         self._engine = engine
-        self._forward: Any = engine
         self.module = module
 
-    def compile(self) -> None:
-        """Run the forward through ``torch.compile`` (the GPU path; also runs on CPU)."""
-        self._forward = torch.compile(self._engine)
+    def compile(self, options: Optional[dict[str, Any]] = None) -> None:
+        """Compile the wrapped module in place with Inductor ``options`` (DeepSpeed's ``engine.compile``).
+
+        Compiling the module rather than the DeepSpeed engine keeps the engine's own Python (step counters,
+        hooks) out of the graph. ``dynamic=False``: a new shape compiles a new static graph, never a
+        symbolic one.
+        """
+        kwargs: dict[str, Any] = {"dynamic": False}
+        if options:
+            kwargs["options"] = dict(options)
+        self._engine.compile(compile_kwargs=kwargs)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self._forward(*args, **kwargs)
+        return self._engine(*args, **kwargs)
 
     def backward(self, loss: torch.Tensor) -> None:
         self._engine.backward(loss)

@@ -22,6 +22,7 @@ from vqvdm_scale.diffusion import DiffusionConfig, DiffusionLoss, GaussianDiffus
 from vqvdm_scale.engine.config import TrainConfig
 from vqvdm_scale.engine.deepspeed_engine import build_engine
 from vqvdm_scale.engine.env import barrier, is_main, print0
+from vqvdm_scale.engine.switches import channels_last_convs, compile_options
 from vqvdm_scale.evaluate.config import PeriodicEvalConfig
 from vqvdm_scale.formats.labels import check_label_counts
 from vqvdm_scale.formats.latent_shards import LatentStats, check_fingerprint
@@ -129,11 +130,11 @@ class LDMTrainer(Trainer):
         """U-Net engine, diffusion loss, EMA, and the tokenizer for code lookup and sample decoding."""
         cfg = self.cfg
         self.net = UNet3D(cfg.model)
-        if cfg.train.channels_last and self.device.type == "cuda":
-            self.net = self.net.to(memory_format=torch.channels_last_3d)
+        if cfg.train.channels_last:  # every device: oneDNN's CPU convolutions take channels_last_3d too
+            channels_last_convs(self.net)
         engine = build_engine(self.net, cfg.train, cfg.train.optim, self.world_size)
         if cfg.train.compile:
-            engine.compile()
+            engine.compile(compile_options(cfg.train, self.device, self.stage))
         self.engines = {"unet": engine}
         self.ema_source = self.net
         self.diffusion = GaussianDiffusion(cfg.diffusion)
@@ -189,8 +190,6 @@ class LDMTrainer(Trainer):
         z0 = batch["latent"].to(self.device, non_blocking=True)
         if not self._fps_seen:
             self.spec.fps, self._fps_seen = float(batch["fps"].median()), True
-        if self.cfg.train.channels_last and self.device.type == "cuda":
-            z0 = z0.contiguous(memory_format=torch.channels_last_3d)
         return diffusion_step(self._net_call, self.loss_fn, z0, self._cond(batch))
 
     def flops_per_step(self, batch: Any) -> float:
