@@ -71,17 +71,16 @@ class DeepSpeedEngine:
         self._engine = engine
         self.module = module
 
-    def compile(self, options: Optional[dict[str, Any]] = None) -> None:
-        """Compile the wrapped module in place with Inductor ``options`` (DeepSpeed's ``engine.compile``).
+    def compile(self) -> None:
+        """Compile the wrapped module in place (DeepSpeed's ``engine.compile``; Inductor, C++ on CPU).
 
         Compiling the module rather than the DeepSpeed engine keeps the engine's own Python (step counters,
-        hooks) out of the graph. ``dynamic=False``: a new shape compiles a new static graph, never a
-        symbolic one.
+        hooks, ZeRO-3's gathers) out of the graph; compiling the engine recompiled it at the second step.
+        ``dynamic=False``: a new shape compiles a new static graph, never a symbolic one. Issue 15 saw
+        bf16 + compile fail to build on CPU (Inductor C++) through the engine-level compile; this path
+        builds and trains it (tests/integration/test_gpu_switches.py).
         """
-        kwargs: dict[str, Any] = {"dynamic": False}
-        if options:
-            kwargs["options"] = dict(options)
-        self._engine.compile(compile_kwargs=kwargs)
+        self._engine.compile(compile_kwargs={"dynamic": False})
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self._engine(*args, **kwargs)

@@ -1,4 +1,4 @@
-"""The ``train`` section's speed switches on a network and its inputs: channels_last and torch.compile.
+"""The ``train`` section's speed switches on a network: channels_last here, compile in the engine.
 
 Each switch acts on every device, so CPU runs (and CI) exercise the same path as GPU runs:
 
@@ -9,11 +9,7 @@ Each switch acts on every device, so CPU runs (and CI) exercise the same path as
   to contiguous. The weights stay contiguous: DeepSpeed views each parameter as bytes to broadcast it and
   flattens them into its buffers, which a channels-last weight breaks (``stride(-1) must be 1``) on every
   device.
-* ``compile``: DeepSpeed's ``engine.compile``, which compiles the wrapped module in place (its hooks,
-  ZeRO-3's included, stay eager), with ``dynamic=False`` so a step's shapes never trigger a second,
-  symbolic compile. Under bf16/fp16 on CPU, Inductor's C++ kernels are generated without vectorisation:
-  with it, torch 2.x emits a reduction over a half-precision tensor whose vector accumulator is declared
-  twice in one kernel (``conflicting declaration 'auto at_BFloat16_tmp_acc0_vec'``), and the build fails.
+* ``compile``: see :meth:`vqvdm_scale.engine.deepspeed_engine.DeepSpeedEngine.compile`.
 """
 
 from __future__ import annotations
@@ -22,9 +18,6 @@ from typing import Any, Optional
 
 import torch
 from torch import nn
-
-from vqvdm_scale.engine.config import TrainConfig
-from vqvdm_scale.engine.env import print0
 
 
 def _layout(ndim: int) -> Optional[torch.memory_format]:
@@ -47,18 +40,3 @@ def channels_last_convs(module: nn.Module) -> int:
     for conv in convs:
         conv.register_forward_pre_hook(_channels_last_args)
     return len(convs)
-
-
-def compile_options(train: TrainConfig, device: torch.device, stage: str) -> dict[str, Any]:
-    """Inductor options for ``torch.compile`` in this run, said in one line when there are any.
-
-    Half precision on CPU: scalar C++ kernels (``cpp.simdlen=1``). Nothing otherwise.
-    """
-    if device.type != "cpu" or train.precision == "fp32":
-        return {}
-    print0(
-        f"[{stage}] train.compile with precision={train.precision} on CPU: Inductor's C++ kernels are built "
-        "unvectorised (cpp.simdlen=1): vectorised half-precision reductions fail to build in torch "
-        f"{torch.__version__} (conflicting declaration of tmp_acc0_vec). GPU runs are unaffected"
-    )
-    return {"cpp.simdlen": 1}

@@ -22,7 +22,7 @@ from vqvdm_scale.diffusion import DiffusionConfig, DiffusionLoss, GaussianDiffus
 from vqvdm_scale.engine.config import TrainConfig
 from vqvdm_scale.engine.deepspeed_engine import build_engine
 from vqvdm_scale.engine.env import barrier, is_main, print0
-from vqvdm_scale.engine.switches import channels_last_convs, compile_options
+from vqvdm_scale.engine.switches import channels_last_convs
 from vqvdm_scale.evaluate.config import PeriodicEvalConfig
 from vqvdm_scale.formats.labels import check_label_counts
 from vqvdm_scale.formats.latent_shards import LatentStats, check_fingerprint
@@ -134,7 +134,7 @@ class LDMTrainer(Trainer):
             channels_last_convs(self.net)
         engine = build_engine(self.net, cfg.train, cfg.train.optim, self.world_size)
         if cfg.train.compile:
-            engine.compile(compile_options(cfg.train, self.device, self.stage))
+            engine.compile()
         self.engines = {"unet": engine}
         self.ema_source = self.net
         self.diffusion = GaussianDiffusion(cfg.diffusion)

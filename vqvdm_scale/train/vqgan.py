@@ -22,7 +22,7 @@ from vqvdm_scale.engine.config import TrainConfig
 from vqvdm_scale.engine.deepspeed_engine import build_engine
 from vqvdm_scale.engine.env import barrier, is_main, print0
 from vqvdm_scale.engine.protocol import Engine
-from vqvdm_scale.engine.switches import channels_last_convs, compile_options
+from vqvdm_scale.engine.switches import channels_last_convs
 from vqvdm_scale.formats.object_store import ObjectStoreConfig, apply_object_store
 from vqvdm_scale.formats.tokenizer_export import export_tokenizer
 from vqvdm_scale.losses.vqgan_loss import VQGANLoss, VQGANLossConfig
@@ -144,9 +144,8 @@ class VQGANTrainer(Trainer):
         ae = build_engine(self.model, cfg.train, cfg.train.optim, self.world_size)
         disc = build_engine(self.disc, cfg.train, disc_optim, self.world_size)
         if cfg.train.compile:
-            options = compile_options(cfg.train, self.device, self.stage)
-            ae.compile(options)
-            disc.compile(options)
+            ae.compile()
+            disc.compile()
         self.engines = {"autoencoder": ae, "discriminator": disc}
         self.dtype = cfg.train.dtype
         self.ema_source = self.model
