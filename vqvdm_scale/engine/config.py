@@ -46,11 +46,12 @@ class TrainConfig:
         max_steps: optimiser steps to train for.
         micro_batch_size: clips per rank per micro-step (the loader's batch size).
         grad_accum: micro-steps per optimiser step.
-        precision: "fp32", "bf16" (autocast-free DeepSpeed bf16) or "fp16" (dynamic loss scale).
+        precision: "fp32", "bf16" (DeepSpeed casts the weights, the trainers the inputs; no autocast) or
+            "fp16" (dynamic loss scale).
         zero_stage: DeepSpeed ZeRO stage 0-3.
         grad_clip: max global grad norm (0 = off).
-        compile: torch.compile the network (GPU path; off on CPU tests).
-        channels_last: use channels_last_3d memory format (GPU path).
+        compile: torch.compile the networks in place (Inductor; its C++ kernels on CPU).
+        channels_last: feed every convolution a channels_last_3d input (weights stay contiguous).
         ema_decay: EMA of the weights (0 = no EMA).
         ema_every: update EMA every N optimiser steps.
         flops_peak_tflops: peak used for MFU (989 = H100 SXM dense bf16).
