@@ -26,6 +26,7 @@ from vqvdm_scale.diffusion import DiffusionLoss, GaussianDiffusion
 from vqvdm_scale.engine.config import OptimConfig, TrainConfig
 from vqvdm_scale.engine.deepspeed_engine import DeepSpeedEngine, build_engine
 from vqvdm_scale.engine.env import init_distributed
+from vqvdm_scale.engine.switches import channels_last_convs
 from vqvdm_scale.losses.vqgan_loss import VQGANLoss
 from vqvdm_scale.models.tokenizer import Discriminators, VQTokenizer
 from vqvdm_scale.models.unet.model import UNet3D
@@ -119,11 +120,17 @@ def vqgan_train_step(cfg: VQGANRunConfig, batch: int | None) -> TrainStep:
     """
     train = bench_train(cfg.train, batch)
     model, disc = VQTokenizer(cfg.model), Discriminators(cfg.disc)
+    if train.channels_last:  # as VQGANTrainer.build
+        channels_last_convs(model)
+        channels_last_convs(disc)
     loss = VQGANLoss(cfg.loss)
     engines = build_engines(
         {"autoencoder": (model, train.optim), "discriminator": (disc, train.disc_optim or train.optim)}, train
     )
     ae, dn = engines["autoencoder"], engines["discriminator"]
+    if train.compile:
+        ae.compile()
+        dn.compile()
     step = cfg.loss.disc_start_step
     shape = (cfg.model.in_channels, cfg.data.frames, cfg.data.resolution, cfg.data.resolution)
     # Clips in [-1, 1] as the loader delivers them, cast to the engine's dtype as the trainer casts them.
@@ -153,11 +160,14 @@ def ldm_updates(engine: DeepSpeedEngine, cfg: LDMRunConfig, dtype: torch.dtype) 
 def ldm_train_step(cfg: LDMRunConfig, shape: Sequence[int], batch: int | None) -> TrainStep:
     """Stage 2: the diffusion loss of ``cfg.model`` on random inputs of ``shape`` (C, T, H, W).
 
-    As in LDMTrainer.build: ``train.compile`` compiles the engine's forward; channels_last is a CUDA-only
-    setting there and is left out on CPU likewise.
+    As in LDMTrainer.build: ``train.channels_last`` feeds every convolution a channels-last input and
+    ``train.compile`` compiles the network in place, on every device.
     """
     train = bench_train(cfg.train, batch)
-    engine = build_engines({"unet": (UNet3D(cfg.model), train.optim)}, train)["unet"]
+    net = UNet3D(cfg.model)
+    if train.channels_last:
+        channels_last_convs(net)
+    engine = build_engines({"unet": (net, train.optim)}, train)["unet"]
     if train.compile:
         engine.compile()
     b = train.micro_batch_size
