@@ -13,11 +13,10 @@ from __future__ import annotations
 import copy
 import os
 import re
-import subprocess
-import sys
+import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +36,7 @@ pytestmark = pytest.mark.slow
 TINY = REPO / "configs" / "vqgan" / "tiny.yaml"
 VIDEOS = "s3://clips/videos"
 # a short retry budget: the dead-store run gives up in seconds, not minutes
+STALL_S = 11.0
 FAST_FAIL = [
     "object_store.tries=2",
     "object_store.backoff_s=0.2",
@@ -89,6 +89,9 @@ def _own_store_settings(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setitem(fsspec.config.conf, proto, dict(fsspec.config.conf.get(proto, {})))
 
 
+FOUR_STEPS = ("train.max_steps=4", "data.num_workers=0")  # no workers: a shard is opened when a step needs it
+
+
 def _overrides(run_dir: Path, *extra: str) -> list[str]:
     return [
         f"data.train_shards={VIDEOS}",
@@ -106,12 +109,42 @@ def _overrides(run_dir: Path, *extra: str) -> list[str]:
     ]
 
 
-def _train(rank: int, world: int, overrides: list[str]) -> int:
+def _train(rank: int, world: int, overrides: list[str], events: dict[int, str], pid: int) -> dict[str, Any]:
+    """One rank's run: its step, per-step losses and how it ended. Rank 0 stalls or kills the store ``pid``
+    during the steps named in ``events``; the next step opens a shard (one shard a step, no workers)."""
+    from vqvdm_scale.formats.faults import StorageUnreachable
     from vqvdm_scale.train.vqgan import VQGANRunConfig, VQGANTrainer
 
     trainer = VQGANTrainer(load_config(VQGANRunConfig, TINY, overrides))
-    trainer.fit()
-    return trainer.step
+    losses: list[float] = []
+    step = trainer.micro_step
+
+    def record(batch: dict[str, Any]) -> dict[str, float] | None:
+        out = step(batch)
+        losses.append(out["loss"] if out else float("nan"))
+        act = events.get(trainer.step + 1, "") if rank == 0 else ""
+        if act == "kill":
+            os.kill(pid, signal.SIGKILL)
+        if act == "stall":  # frozen past FAST_FAIL's 5 s read timeout
+            os.kill(pid, signal.SIGSTOP)
+            threading.Timer(STALL_S, os.kill, (pid, signal.SIGCONT)).start()
+        return out
+
+    trainer.micro_step = record  # type: ignore[method-assign]
+    try:
+        trainer.fit()
+        end = "finished"
+    except StorageUnreachable as lost:
+        end = lost.line
+    return {"step": trainer.step, "losses": losses, "end": end}
+
+
+@pytest.fixture(scope="module")
+def two_ranks(s3: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A 2-rank, 4-step VQGAN run from s3:// with the store up throughout (one shard per rank a step)."""
+    run = tmp_path_factory.mktemp("two_ranks") / "run"
+    ranks = run_on_ranks(_train, 2, timeout=180, args=(_overrides(run, *FOUR_STEPS), {}, 0))
+    return {"run": run, "ranks": ranks}
 
 
 def _one_line(capsys: pytest.CaptureFixture[str], run: Any, *args: Any) -> str:
@@ -125,15 +158,51 @@ def _one_line(capsys: pytest.CaptureFixture[str], run: Any, *args: Any) -> str:
 
 
 @pytest.mark.timeout(200)
-def test_make_shards_wrote_s3_and_two_ranks_train_from_it(s3: dict[str, Any], tmp_path: Path) -> None:
+def test_make_shards_wrote_s3_and_two_ranks_train_from_it(
+    s3: dict[str, Any], two_ranks: dict[str, Any]
+) -> None:
     fs = s3["fs"]
     tars = sorted(p for p in s3["shards"] if p.endswith(".tar"))
     assert len(tars) == 4 and fs.exists("clips/videos/manifest.json")
-    run = tmp_path / "run"
-    steps = run_on_ranks(_train, 2, timeout=180, args=(_overrides(run, "train.max_steps=2"),))
-    assert steps == [2, 2]
-    assert (run / "checkpoints" / "step_00000002" / "COMPLETE").exists()
-    assert (run / "tokenizer.safetensors").is_file()
+    assert [(r["step"], r["end"]) for r in two_ranks["ranks"]] == [(4, "finished")] * 2
+    assert (two_ranks["run"] / "checkpoints" / "step_00000004" / "COMPLETE").exists()
+    assert (two_ranks["run"] / "tokenizer.safetensors").is_file()
+
+
+@pytest.mark.timeout(400)
+def test_a_stalled_store_costs_time_a_dead_one_stops_the_run_and_the_rerun_is_exact(
+    s3: dict[str, Any], two_ranks: dict[str, Any], tmp_path: Path
+) -> None:
+    server, fs = s3["server"], s3["fs"]
+    overrides = _overrides(tmp_path / "run", *FOUR_STEPS, *FAST_FAIL, "object_store.tries=5")
+    assert server.proc is not None
+    start = time.monotonic()
+    try:  # frozen in step 1, for longer than the read timeout; killed in step 3
+        lost = run_on_ranks(
+            _train, 2, timeout=300, args=(overrides, {1: "stall", 3: "kill"}, server.proc.pid)
+        )
+    finally:
+        server.thaw()
+    assert time.monotonic() - start > STALL_S
+    server.proc.wait(timeout=10)
+    # the stall cost retries and time only: the losses so far are an uninterrupted run's; the dead store
+    # stopped both ranks at step 3 (rank 0's loader lost it), each with a checkpoint of step 3
+    assert [r["step"] for r in lost] == [3, 3], lost
+    for rank in range(2):
+        assert lost[rank]["losses"] == two_ranks["ranks"][rank]["losses"][:3], rank
+    assert re.fullmatch(
+        r"storage unreachable: s3://clips/videos/shard-\d+\.tar after 5 tries .*", lost[0]["end"]
+    )
+    assert lost[1]["end"].startswith("storage unreachable: ")
+    assert (tmp_path / "run" / "checkpoints" / "step_00000003" / "COMPLETE").exists()
+    server.start()  # a new, empty store on the same port: restore the same shards
+    fs.invalidate_cache()
+    fs.mkdir("clips")
+    fs.pipe(s3["shards"])
+    again = run_on_ranks(_train, 2, timeout=200, args=(overrides, {}, 0))
+    assert [r["end"] for r in again] == ["finished"] * 2
+    for rank in range(2):
+        assert lost[rank]["losses"] + again[rank]["losses"] == two_ranks["ranks"][rank]["losses"], rank
 
 
 def _train_ldm(rank: int, world: int, overrides: list[str]) -> str:
@@ -258,93 +327,3 @@ def test_unreachable_endpoint_and_missing_bucket_are_one_line(
     ]
     err = _one_line(capsys, args, EvalConfig, evaluate)
     assert err.startswith("error: storage unreachable: cannot reach the store of s3://clips/videos"), err
-
-
-def _final_losses(stdout: str) -> str:
-    found = re.findall(r"final losses ([^;]*);", stdout)
-    assert found, stdout[-3000:]
-    return found[-1]
-
-
-FOUR_STEPS = [*FAST_FAIL, "train.max_steps=4", "data.num_workers=0", "run.progress=true"]
-
-
-def _train_cmd(run: Path, *extra: str) -> list[str]:
-    script = str(REPO / "launchers" / "train_vqgan.py")
-    return [sys.executable, script, "--config", str(TINY), *_overrides(run, *FOUR_STEPS, *extra)]
-
-
-def _run_and_at_step_2(cmd: list[str], action: Callable[[], None]) -> tuple[int, str, str]:
-    """Run ``cmd``; once it reports step 2 (the loader reads one shard a step), call ``action``."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
-    assert proc.stdout is not None
-    seen = []
-    for line in proc.stdout:
-        seen.append(line)
-        if re.search(r"\bstep 2/4\b", line):
-            action()
-            break
-    out, err = proc.communicate(timeout=200)
-    return proc.returncode, "".join(seen) + out, err
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(s3: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> str:
-    """The final losses of the 4-step run with the store up throughout."""
-    done = subprocess.run(
-        _train_cmd(tmp_path_factory.mktemp("base") / "run"),
-        capture_output=True,
-        text=True,
-        timeout=200,
-        cwd=REPO,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return _final_losses(done.stdout)
-
-
-@pytest.mark.timeout(300)
-def test_a_stalled_store_costs_time_not_data(s3: dict[str, Any], uninterrupted: str, tmp_path: Path) -> None:
-    server = s3["server"]
-    # frozen past the read timeout: requests time out and are retried (by s3fs, then by the loader)
-    cmd = _train_cmd(tmp_path / "run", "object_store.tries=5", "object_store.backoff_s=0.5")
-
-    def stall() -> None:
-        server.freeze()
-        threading.Timer(2 * 5.0 + 1, server.thaw).start()  # FAST_FAIL's read timeout is 5 s
-
-    try:
-        start = time.monotonic()
-        rc, out, err = _run_and_at_step_2(cmd, stall)
-    finally:
-        server.thaw()
-    assert rc == 0, err[-3000:]
-    assert time.monotonic() - start > 11  # the run did wait for the store
-    assert _final_losses(out) == uninterrupted
-    assert "skipping bad shard" not in err
-
-
-@pytest.mark.timeout(300)
-def test_dead_store_stops_after_saving_and_the_rerun_finishes_exactly(
-    s3: dict[str, Any], uninterrupted: str, tmp_path: Path
-) -> None:
-    server, fs = s3["server"], s3["fs"]
-    run = tmp_path / "run"
-    cmd = _train_cmd(run)
-    rc, out, err = _run_and_at_step_2(cmd, server.kill)
-    assert rc == 2, out[-2000:] + err[-3000:]
-    last = err.strip().splitlines()[-1]
-    assert re.fullmatch(
-        r"error: storage unreachable: s3://clips/videos/shard-\d+\.tar after 2 tries \(\w+\); "
-        r"re-run the same command to resume",
-        last,
-    ), err[-3000:]
-    saved = sorted(p.name for p in (run / "checkpoints").glob("step_*") if (p / "COMPLETE").exists())
-    assert saved and saved[-1] >= "step_00000002", saved
-    assert "corrupt" not in err.lower() and "skipping bad shard" not in err
-    server.start()  # a new, empty store on the same port: restore the same shards
-    fs.invalidate_cache()
-    fs.mkdir("clips")
-    fs.pipe(s3["shards"])
-    again = subprocess.run(cmd, capture_output=True, text=True, timeout=200, cwd=REPO)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert _final_losses(again.stdout) == uninterrupted
