@@ -7,12 +7,14 @@ the first invocation trains step 1 and checkpoints, the second resumes from it a
 Forward hooks on the convolutions record what the step really runs: weight and activation dtypes, the
 input layout, and how often each residual block runs (twice per step when checkpointing recomputes it).
 
-The cases of a stage share one spawned rank (one import of torch and DeepSpeed); ZeRO-3 takes two.
+The cases of both stages share one spawned rank (one import of torch and DeepSpeed); ZeRO-3 takes two.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -30,8 +32,15 @@ LDM_SMALLEST = (
     "model.channel_mult=[1]",
     "model.attention_resolutions=[]",
 )
-# The smallest tokenizer: 4 base channels over the preset's three levels, no attention block.
-VQGAN_SMALLEST = ("model.base_channels=4", "model.attn_at_lowest=false", "disc.base_channels=4")
+# The smallest tokenizer: two levels of 4 channels, no attention block; a one-layer discriminator.
+VQGAN_SMALLEST = (
+    "model.base_channels=4",
+    "model.channel_mult=[1,1]",
+    "model.downsample=[2,2,2]",
+    "model.attn_at_lowest=false",
+    "disc.base_channels=4",
+    "disc.num_layers=1",
+)
 
 LDM_CASES: dict[str, tuple[str, ...]] = {
     "bf16": ("train.precision=bf16",),
@@ -115,21 +124,27 @@ def _invocation(stage: str, overrides: list[str]) -> dict[str, Any]:
     return seen
 
 
-def _cases(rank: int, world: int, stage: str, base: list[str], root: str, cases: dict) -> dict[str, Any]:
-    """Each case's command twice (``run.stop_after=1``): the two invocations' records, or the traceback."""
-    out: dict[str, Any] = {}
-    for name, extra in cases.items():
-        run = Path(root) / name
-        cmd = [*base, f"run.dir={run}", "train.max_steps=2", "run.stop_after=1", *extra]
-        try:
-            out[name] = {"runs": [_invocation(stage, cmd) for _ in range(2)]}
-        except Exception:  # noqa: BLE001 - one case's failure is reported by its own test
-            out[name] = {"error": traceback.format_exc()}
-            continue
-        from vqvdm_scale.engine.checkpoint import latest_checkpoint
+def _cases(rank: int, world: int, jobs: list[tuple[str, list[str], str, dict]]) -> dict[str, Any]:
+    """For each (stage, base overrides, root, cases): each case's command twice (``run.stop_after=1``);
+    the two invocations' records, or the traceback, by stage and case."""
+    from vqvdm_scale.engine.checkpoint import latest_checkpoint
 
-        latest = latest_checkpoint(run / "checkpoints")
-        out[name]["latest"] = None if latest is None else latest.name
+    # A fresh Inductor cache: compile=true must generate and build its C++ kernels, not find them on disk.
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(Path(jobs[0][2]).parent / f"inductor_rank{rank}")
+    out: dict[str, Any] = {}
+    for stage, base, root, cases in jobs:
+        results = out.setdefault(stage, {})
+        for name, extra in cases.items():
+            run, start = Path(root) / name, time.monotonic()
+            cmd = [*base, f"run.dir={run}", "train.max_steps=2", "run.stop_after=1", *extra]
+            try:
+                results[name] = {"runs": [_invocation(stage, cmd) for _ in range(2)]}
+            except Exception:  # noqa: BLE001 - one case's failure is reported by its own test
+                results[name] = {"error": traceback.format_exc()}
+                continue
+            latest = latest_checkpoint(run / "checkpoints")
+            results[name]["latest"] = None if latest is None else latest.name
+            results[name]["seconds"] = time.monotonic() - start
     return out
 
 
@@ -166,25 +181,20 @@ def _vqgan_base(shards: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def ldm_runs(tiny_latent_cache: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    root = tmp_path_factory.mktemp("ldm_switches")
-    return run_on_ranks(
-        _cases, 1, timeout=480, args=("ldm", _ldm_base(tiny_latent_cache), str(root), LDM_CASES)
-    )[0]
-
-
-@pytest.fixture(scope="module")
-def vqgan_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def runs(tiny_latent_cache: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Every case of both stages on one spawned rank (one start of torch and DeepSpeed)."""
     from vqvdm_scale.prep.synthetic import make_synthetic_shards
 
     shards = tmp_path_factory.mktemp("vq_switch_shards") / "synthetic"
     make_synthetic_shards(
         str(shards), num_classes=2, videos_per_class=2, num_frames=8, size=20, resolution=16, shard_size=2
     )
-    root = tmp_path_factory.mktemp("vqgan_switches")
-    return run_on_ranks(_cases, 1, timeout=480, args=("vqgan", _vqgan_base(shards), str(root), VQGAN_CASES))[
-        0
+    root = tmp_path_factory.mktemp("switches")
+    jobs = [
+        ("ldm", _ldm_base(tiny_latent_cache), str(root / "ldm"), LDM_CASES),
+        ("vqgan", _vqgan_base(shards), str(root / "vqgan"), VQGAN_CASES),
     ]
+    return run_on_ranks(_cases, 1, timeout=560, args=(jobs,))[0]
 
 
 def _check_resumed(name: str, result: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -201,6 +211,7 @@ def _check_resumed(name: str, result: dict[str, Any]) -> tuple[dict[str, Any], d
 
 def _check_switch(name: str, result: dict[str, Any]) -> None:
     first, second = _check_resumed(name, result)
+    print(f"{name}: both invocations in {result['seconds']:.0f} s")  # shown by pytest -rP
     if name.startswith("compile"):
         return  # what a compiled graph runs is not seen by module hooks; it ran, finite, and resumed
     for run in (first, second):
@@ -224,15 +235,15 @@ def _check_switch(name: str, result: dict[str, Any]) -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("name", list(LDM_CASES))
-def test_ldm_switch_trains_and_resumes(ldm_runs: dict[str, Any], name: str) -> None:
-    _check_switch(name, ldm_runs[name])
+def test_ldm_switch_trains_and_resumes(runs: dict[str, Any], name: str) -> None:
+    _check_switch(name, runs["ldm"][name])
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("name", list(VQGAN_CASES))
-def test_vqgan_switch_trains_and_resumes(vqgan_runs: dict[str, Any], name: str) -> None:
-    _check_switch(name, vqgan_runs[name])
+def test_vqgan_switch_trains_and_resumes(runs: dict[str, Any], name: str) -> None:
+    _check_switch(name, runs["vqgan"][name])
 
 
 @pytest.mark.slow
@@ -241,8 +252,6 @@ def test_ldm_zero3_bf16_on_two_ranks_trains_and_resumes(
     tiny_latent_cache: dict[str, Path], tmp_path: Path
 ) -> None:
     cases = {"bf16": ("train.zero_stage=3", "train.precision=bf16")}
-    results = run_on_ranks(
-        _cases, 2, timeout=280, args=("ldm", _ldm_base(tiny_latent_cache), str(tmp_path), cases)
-    )
-    for rank in results:
-        _check_switch("bf16", rank["bf16"])
+    jobs = [("ldm", _ldm_base(tiny_latent_cache), str(tmp_path), cases)]
+    for rank in run_on_ranks(_cases, 2, timeout=280, args=(jobs,)):
+        _check_switch("bf16", rank["ldm"]["bf16"])
