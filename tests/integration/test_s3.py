@@ -205,6 +205,36 @@ def test_a_stalled_store_costs_time_a_dead_one_stops_the_run_and_the_rerun_is_ex
         assert lost[rank]["losses"] + again[rank]["losses"] == two_ranks["ranks"][rank]["losses"], rank
 
 
+@pytest.mark.timeout(120)
+@pytest.mark.usefixtures("_own_store_settings")
+def test_a_store_lost_in_a_loader_worker_is_raised_with_its_line(s3: dict[str, Any]) -> None:
+    from vqvdm_scale.data import ClipLoaderConfig, build_clip_loader
+    from vqvdm_scale.formats.faults import StorageUnreachable
+    from vqvdm_scale.formats.object_store import ObjectStoreConfig, apply_object_store
+
+    apply_object_store(ObjectStoreConfig(tries=2, backoff_s=0.1, client_retries=1))
+    cfg = ClipLoaderConfig(train_shards=VIDEOS, frames=8, resolution=16, num_workers=1, shuffle_buffer=0)
+    batches = iter(build_clip_loader(cfg, batch_size=2))
+    keys = [next(batches)["key"] for _ in range(4)]  # the first epoch: one worker read all 4 shards
+    assert len(keys) == 4
+    server, fs = s3["server"], s3["fs"]
+    server.kill()
+    try:
+        with pytest.raises(StorageUnreachable) as info:
+            next(batches)  # the second epoch's worker cannot open its first shard
+    finally:
+        server.start()
+        fs.invalidate_cache()
+        fs.mkdir("clips")
+        fs.pipe(s3["shards"])
+    assert "DataLoader worker" in str(info.value)  # torch re-raised it from the worker's traceback
+    assert re.fullmatch(
+        r"storage unreachable: s3://clips/videos/shard-\d+\.tar after 2 tries \(\w+\); "
+        r"re-run the same command to resume",
+        info.value.line,
+    )
+
+
 def _train_ldm(rank: int, world: int, overrides: list[str]) -> str:
     from vqvdm_scale.train.ldm import LDMRunConfig, main
 
