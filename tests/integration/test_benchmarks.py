@@ -156,3 +156,11 @@ def test_evaluate_benchmark_times_the_detectors_and_the_statistics() -> None:
     r = evaluate.main(["--resolution", "16", "--batch", "1", "--features", "64", "--repeats", "1"])
     assert r["i3d_s_per_clip"] > 0 and r["c3d_s_per_clip"] > 0 and r["fvd_s"] > 0 and r["kvd_s"] > 0
     assert r["protocol_detector_s"] == pytest.approx(4096 * r["i3d_s_per_clip"] + 2048 * r["c3d_s_per_clip"])
+
+
+def test_long_video_benchmark_needs_a_finished_quickstart(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from benchmarks import long_video
+
+    with pytest.raises(SystemExit) as e:
+        long_video.main(["--quickstart", str(tmp_path / "nothing"), "--work", str(tmp_path / "w")])
+    assert e.value.code == 2 and "is not a finished quickstart" in capsys.readouterr().out
