@@ -225,3 +225,8 @@ def test_previous_clip_training_on_window_pairs_and_its_sampling(
     # a single-window cache cannot train previous_clip
     with pytest.raises(ConfigError, match="--context previous"):
         resolve_from_cache(load_config(LDMRunConfig, TINY, _overrides(tiny_latent_cache, run, *common)))
+    # a recipe's class count that the cache does not have is refused, not silently replaced
+    with pytest.raises(ConfigError, match="model.num_classes=101"):
+        resolve_from_cache(
+            load_config(LDMRunConfig, TINY, _overrides(cache, run, *common, "model.num_classes=101"))
+        )

@@ -107,12 +107,14 @@ def resolve_from_cache(cfg: LDMRunConfig) -> tuple[LDMRunConfig, dict[str, Any]]
         check_label_counts(
             manifest["label_counts"], classes, f"latent cache {redact(cfg.data.train_latents)}"
         )
-    model = dataclasses.replace(
-        cfg.model,
-        in_channels=channels,
-        out_channels=None,
-        num_classes=len(classes) if cfg.class_conditional else 0,
-    )
+    num_classes = len(classes) if cfg.class_conditional else 0
+    if cfg.model.num_classes not in (0, num_classes):
+        raise ConfigError(
+            f"model.num_classes={cfg.model.num_classes}, but the latent cache {redact(cfg.data.train_latents)} "
+            f"gives {num_classes} ({len(classes)} classes, class_conditional={cfg.class_conditional}): "
+            "encode the dataset the config is for, or drop model.num_classes (it is taken from the cache)"
+        )
+    model = dataclasses.replace(cfg.model, in_channels=channels, out_channels=None, num_classes=num_classes)
     return dataclasses.replace(cfg, model=model), manifest
 
 
