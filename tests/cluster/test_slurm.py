@@ -174,7 +174,10 @@ def test_encode_job_array_equals_one_process(slurm: None, tiny_latent_cache: dic
     assert [m["params"].pop("output") for m in manifests] == [str(single), str(out)]
     assert manifests[0] == manifests[1]
     logs = "".join(p.read_text() for p in (out / "slurm").rglob("*_log.out"))
-    assert logs.count("writes manifest.json") == 3  # three tasks left it to the last one
+    # a task that saw shards missing left the manifest to a later one; every other task wrote it (two
+    # that finish at the same moment both find every shard complete, and the same manifest results)
+    deferred, wrote = logs.count("writes manifest.json"), logs.count(" latent samples (")
+    assert 1 <= deferred <= 3 and deferred + wrote == 4, logs[-3000:]
 
 
 def test_deepspeed_slurm_launcher_forms_the_same_world(

@@ -10,7 +10,6 @@ non-finite guard agreed on every rank, the EMA update, resuming by re-running th
 from __future__ import annotations
 
 import json
-import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -359,9 +358,7 @@ class Trainer(ABC):
             items = 0
             logs_acc: dict[str, float] = {}
             while done < self.train_cfg.grad_accum:
-                t0 = time.perf_counter()
-                batch = next_batch(self, batches, done)
-                timer.add_data_wait(time.perf_counter() - t0)
+                batch = next_batch(self, batches, done, timer)
                 if flops_step is None:
                     flops_step = self.flops_per_step(batch)
                 logs = self.micro_step(batch)

@@ -9,29 +9,35 @@ re-run continues at the exact sample, never with a changed epoch.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any, NoReturn
 
 from vqvdm_scale.engine.checkpoint import latest_checkpoint
 from vqvdm_scale.engine.env import any_rank_true, barrier, print0
 from vqvdm_scale.formats.faults import StorageUnreachable
+from vqvdm_scale.monitor.meters import StepTimer
 
 __all__ = ["StorageUnreachable", "next_batch", "stop_on_lost_store"]
 
 
-def next_batch(trainer: Any, batches: Iterator[Any], micro_steps_done: int) -> Any:
+def next_batch(trainer: Any, batches: Iterator[Any], micro_steps_done: int, timer: StepTimer) -> Any:
     """The next batch; :class:`StorageUnreachable` on every rank when any rank's loader lost the store.
 
-    At a step's first micro-batch the loader state is kept: it is the one a lost store saves.
+    At a step's first micro-batch the loader state is kept: it is the one a lost store saves. Only this
+    rank's own wait for its loader goes to ``timer``, not the agreement after it, where a rank waits
+    for a slower peer: that would hide which rank's storage is slow.
     """
     if micro_steps_done == 0 and trainer.loader is not None:
         trainer.step_loader_state = trainer.loader.state_dict()
     lost: StorageUnreachable | None = None
     batch = None
+    t0 = time.perf_counter()
     try:
         batch = next(batches)
     except StorageUnreachable as e:
         lost = e
+    timer.add_data_wait(time.perf_counter() - t0)
     if trainer.world_size > 1:
         if any_rank_true(lost is not None):
             raise lost or StorageUnreachable(
