@@ -40,10 +40,10 @@ FLAGS = {
     "random-detectors": Flag(
         "random_detectors", "random-weight I3D/C3D/LPIPS of the exact architectures (smoke tests only)"
     ),
-    "sampler": Flag("sample.sampler", "ddim or ddpm (with --run)"),
-    "steps": Flag("sample.steps", "DDIM steps (with --run)"),
+    "sampler": Flag("sample.sampler", "ddim, dpmpp2m or ddpm (with --run)"),
+    "steps": Flag("sample.steps", "DDIM or DPM-Solver++ steps (with --run)"),
     "guidance": Flag("sample.guidance", "classifier-free guidance weight w (with --run)"),
-    "later-steps": Flag("sample.later_steps", "DDIM steps of extension clips, fvd128/drift (with --run)"),
+    "later-steps": Flag("sample.later_steps", "sampler steps of extension clips, fvd128/drift (with --run)"),
     "seed": Flag("sample.seed", "sampling seed (with --run)"),
     "ema": Flag("ema", "sample the EMA weights (the only exported ones)"),
     "sweep": Flag("sweep", "guidance=1,2,3,4,6: one result per weight, a table and a PNG plot"),

@@ -23,13 +23,13 @@ FLAGS = {
     "all-classes": Flag("all_classes", "cycle through every class"),
     "num-videos": Flag("num_videos", "videos to write"),
     "batch-size": Flag("batch_size", "videos per sampler call on a rank"),
-    "sampler": Flag("sample.sampler", "ddim or ddpm"),
-    "steps": Flag("sample.steps", "DDIM steps"),
+    "sampler": Flag("sample.sampler", "ddim, dpmpp2m (DPM-Solver++ 2M) or ddpm"),
+    "steps": Flag("sample.steps", "DDIM or DPM-Solver++ steps"),
     "eta": Flag("sample.eta", "DDIM eta (0 = deterministic)"),
     "guidance": Flag("sample.guidance", "classifier-free guidance weight w"),
     "num-clips": Flag("sample.num_clips", "clips per video (> 1: autoregressive extension)"),
     "overlap": Flag("sample.overlap", "latent frames shared by consecutive clips (default: the model's way)"),
-    "later-steps": Flag("sample.later_steps", "DDIM steps of the clips after the first (PVDM's M)"),
+    "later-steps": Flag("sample.later_steps", "sampler steps of the clips after the first (PVDM's M)"),
     "reconstruction-guidance": Flag(
         "sample.reconstruction_guidance", "w_r: extend a model trained without a context (VDM eq. 7)"
     ),

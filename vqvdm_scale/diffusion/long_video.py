@@ -13,13 +13,14 @@ Two schemes, both driving a callable that samples one clip given ``(context, con
   context, the known frames of the overlap scheme steer the sampler through the model's own denoised
   estimate (:mod:`vqvdm_scale.diffusion.reconstruction_guidance`) instead of a context input.
 
-PVDM samples the first clip with N DDIM steps and later clips with M (``later_steps``).
+PVDM samples the first clip with N DDIM steps and later clips with M (``later_steps``); the DPM-Solver++(2M)
+sampler takes the same N and M. Every scheme works through the model function alone, so any sampler drives it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Literal, Optional
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
@@ -27,7 +28,7 @@ from torch import Tensor, nn
 from vqvdm_scale.diffusion.gaussian import GaussianDiffusion
 from vqvdm_scale.diffusion.guidance import Net, cfg_model_fn, conditional_model_fn
 from vqvdm_scale.diffusion.reconstruction_guidance import reconstruction_guided_fn
-from vqvdm_scale.diffusion.samplers import ddim_sample, ddpm_sample
+from vqvdm_scale.diffusion.samplers import SAMPLERS, SamplerName, ddim_sample, ddpm_sample, dpmpp2m_sample
 
 __all__ = ["ClipSampler", "make_clip_sampler", "sample_long_video"]
 
@@ -92,7 +93,7 @@ def make_clip_sampler(
     fps: Optional[Tensor] = None,
     guidance_scale: float = 1.0,
     null_class: Optional[int] = None,
-    sampler: Literal["ddpm", "ddim"] = "ddim",
+    sampler: SamplerName = "ddim",
     steps: int = 50,
     later_steps: Optional[int] = None,
     eta: float = 0.0,
@@ -101,14 +102,17 @@ def make_clip_sampler(
     device: Optional[torch.device] = None,
     progress: bool = False,
 ) -> ClipSampler:
-    """A ``sample_clip_fn`` for :func:`sample_long_video`: fresh noise of ``shape``, optional CFG, DDPM/DDIM.
+    """A ``sample_clip_fn`` for :func:`sample_long_video`: fresh noise of ``shape``, optional CFG, DDPM, DDIM
+    or DPM-Solver++(2M).
 
-    A clip with a context (every clip after the first) takes ``later_steps`` DDIM steps (default ``steps``).
+    A clip with a context (every clip after the first) takes ``later_steps`` steps (default ``steps``).
     With ``reconstruction_weight`` > 0 the context is not given to the network: it guides the sampler
     towards the known frames instead (VDM reconstruction guidance, for models trained without a context).
     """
-    if sampler not in ("ddpm", "ddim"):
-        raise ValueError(f"sampler must be 'ddpm' or 'ddim', got {sampler!r}")
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+    if sampler == "dpmpp2m" and eta != 0:
+        raise ValueError(f"eta={eta} is DDIM's stochasticity; dpmpp2m solves the deterministic ODE (eta 0)")
     if guidance_scale != 1.0 and (y is None or null_class is None):
         raise ValueError(
             "classifier-free guidance (guidance_scale != 1) needs labels y and the null_class index"
@@ -133,6 +137,8 @@ def make_clip_sampler(
         if sampler == "ddpm":
             return ddpm_sample(model_fn, noise, diffusion, generator=generator, progress=progress)
         n = steps if context is None or later_steps is None else later_steps
+        if sampler == "dpmpp2m":
+            return dpmpp2m_sample(model_fn, noise, diffusion, steps=n, progress=progress)
         return ddim_sample(
             model_fn, noise, diffusion, steps=n, eta=eta, generator=generator, progress=progress
         )

@@ -9,12 +9,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Optional
 
 import torch
 
 from vqvdm_scale.config import ConfigError, UserError
-from vqvdm_scale.diffusion import GaussianDiffusion, make_clip_sampler, sample_long_video
+from vqvdm_scale.diffusion import GaussianDiffusion, SamplerName, make_clip_sampler, sample_long_video
 from vqvdm_scale.formats.ldm_export import LatentSpec
 from vqvdm_scale.models.tokenizer import VQTokenizer
 
@@ -24,15 +24,16 @@ class SampleConfig:
     """How videos are sampled.
 
     Args:
-        sampler: "ddim" (respaced, ``steps``) or "ddpm" (ancestral, all timesteps).
-        steps: DDIM steps.
-        eta: DDIM eta (0 = deterministic).
+        sampler: "ddim" (respaced, ``steps``), "dpmpp2m" (DPM-Solver++(2M), second order, on the same
+            ``steps`` timesteps, deterministic) or "ddpm" (ancestral, all timesteps).
+        steps: DDIM / DPM-Solver++ steps (network calls per clip, doubled in batch by guidance).
+        eta: DDIM eta (0 = deterministic); dpmpp2m takes only 0.
         guidance: classifier-free guidance weight w (VQ-VDM: eps = w * (eps(z,c) - eps(z)) + eps(z)).
         num_clips: clips per video; > 1 extends autoregressively, in the way the model was trained for
             (:func:`extension_plan`).
         overlap: latent frames shared by consecutive clips; 0 = condition on the whole previous clip
             (PVDM); null = the model's way (0 for ``previous_clip`` models, 1 otherwise).
-        later_steps: DDIM steps of the clips after the first (PVDM: N for the first clip, M for the rest);
+        later_steps: DDIM / DPM-Solver++ steps of the clips after the first (PVDM: N for the first clip, M for the rest);
             null = ``steps``.
         reconstruction_guidance: w_r of VDM's reconstruction guidance, which extends videos with a model
             trained without a context (``context_mode=none``) through ``overlap`` known frames.
@@ -40,7 +41,7 @@ class SampleConfig:
         seed: base seed; video i of a run uses its own generator seeded from (seed, i).
     """
 
-    sampler: Literal["ddpm", "ddim"] = "ddim"
+    sampler: SamplerName = "ddim"
     steps: int = 100
     eta: float = 0.0
     guidance: float = 4.0
@@ -56,6 +57,10 @@ class SampleConfig:
             raise ConfigError("sample.steps and sample.num_clips must be >= 1 and sample.overlap >= 0")
         if self.later_steps is not None and self.later_steps < 1:
             raise ConfigError(f"sample.later_steps must be >= 1 (or null for steps), got {self.later_steps}")
+        if self.sampler == "dpmpp2m" and self.eta != 0:
+            raise ConfigError(
+                f"sample.eta={self.eta} is DDIM's noise; sample.sampler=dpmpp2m is deterministic: use eta 0 or ddim"
+            )
         if self.reconstruction_guidance < 0:
             raise ConfigError(
                 f"sample.reconstruction_guidance must be >= 0, got {self.reconstruction_guidance}"
