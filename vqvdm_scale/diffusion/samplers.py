@@ -136,7 +136,8 @@ def dpmpp2m_sample(
     z_{t_i} = (sigma_{t_i} / sigma_{t_{i-1}}) z_{t_{i-1}} - alpha_{t_i} (e^{-h_i} - 1) D_i, where
     D_i = (1 + 1/(2 r_i)) x0_{i-1} - 1/(2 r_i) x0_{i-2}, r_i = h_{i-1} / h_i. The first step, and the step
     into timestep 0, take D = x0 (first order: exactly a DDIM step); the last call, at timestep 0, returns
-    its denoised estimate as DDIM's does. Deterministic given ``noise``; one network call per step.
+    its denoised estimate as DDIM's does, so with 3 steps or fewer it is DDIM. Deterministic given ``noise``;
+    one network call per step.
     """
     clip = diffusion.config.clip_denoised if clip_denoised is None else clip_denoised
     ts = ddim_timesteps(diffusion.num_timesteps, steps)
