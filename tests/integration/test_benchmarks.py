@@ -164,3 +164,33 @@ def test_long_video_benchmark_needs_a_finished_quickstart(tmp_path, capsys) -> N
     with pytest.raises(SystemExit) as e:
         long_video.main(["--quickstart", str(tmp_path / "nothing"), "--work", str(tmp_path / "w")])
     assert e.value.code == 2 and "is not a finished quickstart" in capsys.readouterr().out
+
+
+def test_sampler_steps_benchmark_judges_matches_by_the_measured_noise(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from benchmarks import sampler_steps as ss
+
+    def r(sampler: str, steps: int, acc: float, to_ref: float, to_real: float) -> dict:
+        keys = ("class_accuracy", "fvd_to_reference", "fvd_to_real")
+        return {"sampler": sampler, "steps": steps, **dict(zip(keys, (acc, to_ref, to_real), strict=True))}
+
+    refs = [r("ddim", 100, 0.75, 0.0, 10.0), r("ddim", 100, 0.70, 3.0, 12.0), r("ddim", 100, 0.80, 2.0, 9.0)]
+    noise = ss.noise_of(refs)
+    assert noise == pytest.approx({"class_accuracy": 0.05, "fvd_to_real": 2.0, "fvd_to_reference": 3.0})
+    rows = [
+        r("dpmpp2m", 5, 0.60, 9.0, 20.0),  # off on every count
+        r("dpmpp2m", 10, 0.75, 3.5, 10.5),  # within the noise but for its FVD to the reference
+        r("dpmpp2m", 15, 0.72, 1.0, 11.9),
+        r("dpmpp2m", 20, 0.76, 0.5, 10.1),
+    ]
+    for row in rows:
+        row["matches"] = ss.matches(row, refs[0], noise)
+    assert [row["matches"] for row in rows] == [False, False, True, True]
+    assert ss.smallest_match(rows, "dpmpp2m") == 15 and ss.smallest_match(rows, "ddim") is None
+
+    for argv, said in (
+        (["--quickstart", str(tmp_path / "nothing")], "is not a finished quickstart"),
+        (["--quickstart", str(tmp_path), "--steps", "0,5"], "--steps takes"),
+    ):
+        with pytest.raises(SystemExit) as e:
+            ss.main(argv)
+        assert e.value.code == 2 and said in capsys.readouterr().out
