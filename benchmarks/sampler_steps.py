@@ -203,8 +203,8 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
             "steps": str(r["steps"]),
             "seeds": str(r["seed_set"]),
             "class acc.": f"{r['class_accuracy']:.3f}",
-            "FVD to DDIM-100": f"{r['fvd_to_reference']:.1f}",
-            "FVD to real": f"{r['fvd_to_real']:.1f}",
+            "FVD to DDIM-100": f"{r['fvd_to_reference']:.3f}",
+            "FVD to real": f"{r['fvd_to_real']:.2f}",
             "latent RMS to DDIM-100": f"{r['latent_rms_to_reference']:.3f}",
             "sample s": f"{r['sample_s']:.1f}",
             "matches": "ref" if r is rows[0] else ("yes" if r["matches"] else "no"),
@@ -214,8 +214,8 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     print(format_table(list(table[0]), table))
     print(
         f"noise (DDIM-{args.reference_steps}, {args.noise_sets} seed sets of {labels.shape[0]} videos): class "
-        f"accuracy +-{noise['class_accuracy']:.3f}, FVD to real +-{noise['fvd_to_real']:.1f}, FVD between "
-        f"seed sets up to {noise['fvd_to_reference']:.1f}"
+        f"accuracy +-{noise['class_accuracy']:.3f}, FVD to real +-{noise['fvd_to_real']:.2f}, FVD between "
+        f"seed sets up to {noise['fvd_to_reference']:.3f}"
     )
     best = {s: smallest_match(rows, s) for s in ("dpmpp2m", "ddim")}
     print(
