@@ -41,7 +41,7 @@ FLAGS = {
         "random_detectors", "random-weight I3D/C3D/LPIPS of the exact architectures (smoke tests only)"
     ),
     "sampler": Flag("sample.sampler", "ddim, dpmpp2m or ddpm (with --run)"),
-    "steps": Flag("sample.steps", "DDIM or DPM-Solver++ steps (with --run)"),
+    "steps": Flag("sample.steps", "sampler steps (with --run)"),
     "guidance": Flag("sample.guidance", "classifier-free guidance weight w (with --run)"),
     "later-steps": Flag("sample.later_steps", "sampler steps of extension clips, fvd128/drift (with --run)"),
     "seed": Flag("sample.seed", "sampling seed (with --run)"),

@@ -24,7 +24,7 @@ FLAGS = {
     "num-videos": Flag("num_videos", "videos to write"),
     "batch-size": Flag("batch_size", "videos per sampler call on a rank"),
     "sampler": Flag("sample.sampler", "ddim, dpmpp2m (DPM-Solver++ 2M) or ddpm"),
-    "steps": Flag("sample.steps", "DDIM or DPM-Solver++ steps"),
+    "steps": Flag("sample.steps", "sampler steps"),
     "eta": Flag("sample.eta", "DDIM eta (0 = deterministic)"),
     "guidance": Flag("sample.guidance", "classifier-free guidance weight w"),
     "num-clips": Flag("sample.num_clips", "clips per video (> 1: autoregressive extension)"),
