@@ -11,6 +11,7 @@ uninterrupted run.
 from __future__ import annotations
 
 import copy
+import json
 import os
 import re
 import signal
@@ -35,6 +36,7 @@ pytest.importorskip("moto.server", reason="pip install -e '.[dev]' (moto[server]
 pytestmark = pytest.mark.slow
 TINY = REPO / "configs" / "vqgan" / "tiny.yaml"
 VIDEOS = "s3://clips/videos"
+TOKENIZER = "s3://clips/exports/tokenizer.safetensors"  # the VQGAN run's export
 # a short retry budget: the dead-store run gives up in seconds, not minutes
 STALL_S = 11.0
 FAST_FAIL = [
@@ -143,7 +145,8 @@ def _train(rank: int, world: int, overrides: list[str], events: dict[int, str], 
 def two_ranks(s3: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A 2-rank, 4-step VQGAN run from s3:// with the store up throughout (one shard per rank a step)."""
     run = tmp_path_factory.mktemp("two_ranks") / "run"
-    ranks = run_on_ranks(_train, 2, timeout=180, args=(_overrides(run, *FOUR_STEPS), {}, 0))
+    overrides = _overrides(run, *FOUR_STEPS, f"export={TOKENIZER}")
+    ranks = run_on_ranks(_train, 2, timeout=180, args=(overrides, {}, 0))
     return {"run": run, "ranks": ranks}
 
 
@@ -166,7 +169,13 @@ def test_make_shards_wrote_s3_and_two_ranks_train_from_it(
     assert len(tars) == 4 and fs.exists("clips/videos/manifest.json")
     assert [(r["step"], r["end"]) for r in two_ranks["ranks"]] == [(4, "finished")] * 2
     assert (two_ranks["run"] / "checkpoints" / "step_00000004" / "COMPLETE").exists()
-    assert (two_ranks["run"] / "tokenizer.safetensors").is_file()
+    assert not (two_ranks["run"] / "tokenizer.safetensors").exists()  # exported to the store instead
+    assert fs.exists(TOKENIZER) and fs.exists(TOKENIZER + ".json")
+    from vqvdm_scale.formats.tokenizer_export import clip_size, load_tokenizer
+
+    sidecar = json.loads(fs.cat(TOKENIZER + ".json"))
+    assert load_tokenizer(TOKENIZER)[2] == sidecar["fingerprint"]  # verified against its recorded hash
+    assert clip_size(TOKENIZER) == (8, 16)
 
 
 @pytest.mark.timeout(400)
@@ -252,15 +261,16 @@ def test_encode_latents_s3_to_s3_and_two_ranks_train_the_ldm_from_it(
     from vqvdm_scale.formats.tokenizer_export import export_tokenizer
     from vqvdm_scale.models.tokenizer import VQTokenizer, tokenizer_preset
     from vqvdm_scale.prep.encode_latents import EncodeConfig, main
+    from vqvdm_scale.sample.api import SampleConfig
+    from vqvdm_scale.sample.main import SampleRunConfig
+    from vqvdm_scale.sample.main import main as sample_main
 
     torch.manual_seed(0)
     cfg = tokenizer_preset("tiny")
-    tok = tmp_path / "tok.safetensors"
+    tok = "s3://clips/exports/tiny.safetensors"  # exports are written to and read from the store too
     model = VQTokenizer(cfg).eval()
     fingerprint = export_tokenizer(model, cfg, tok, frames=8, resolution=16)
-    manifest = main(
-        EncodeConfig(tokenizer=str(tok), input=VIDEOS, output="s3://clips/latents", progress=False)
-    )
+    manifest = main(EncodeConfig(tokenizer=tok, input=VIDEOS, output="s3://clips/latents", progress=False))
     assert manifest["num_samples"] == 8, manifest["counts"]  # 8 videos of 12 frames: one 8-frame window each
     assert len(s3["fs"].glob("clips/latents/latents-*.tar")) == 4
     loader = build_latent_loader(
@@ -285,9 +295,24 @@ def test_encode_latents_s3_to_s3_and_two_ranks_train_the_ldm_from_it(
         "run.media_every=0",
         "model.model_channels=16",
         "model.head_dim=16",
+        "export=s3://clips/exports/ldm.safetensors",
     ]
     run_on_ranks(_train_ldm, 2, timeout=240, args=(overrides,))
-    assert (run / "checkpoints" / "step_00000002" / "COMPLETE").exists()
+    last = run / "checkpoints" / "step_00000002"
+    assert (last / "COMPLETE").exists()
+    assert s3["fs"].cat("clips/exports/ldm.safetensors") == (last / "ema.safetensors").read_bytes()
+    sample_main(
+        SampleRunConfig(
+            checkpoint="s3://clips/exports/ldm.safetensors",
+            tokenizer=tok,
+            num_videos=2,
+            output=str(tmp_path / "samples"),
+            formats=["npy"],
+            progress=False,
+            sample=SampleConfig(steps=2),
+        )
+    )
+    assert len(list((tmp_path / "samples").glob("*.npy"))) == 2
 
 
 @pytest.mark.timeout(200)
@@ -325,6 +350,8 @@ def test_unreachable_endpoint_and_missing_bucket_are_one_line(
     from vqvdm_scale.prep.encode_latents import main as encode
     from vqvdm_scale.prep.make_shards import ShardsConfig
     from vqvdm_scale.prep.make_shards import main as make_shards
+    from vqvdm_scale.sample.main import SampleRunConfig
+    from vqvdm_scale.sample.main import main as sample
     from vqvdm_scale.train.vqgan import VQGANRunConfig
     from vqvdm_scale.train.vqgan import main as train
 
@@ -357,3 +384,6 @@ def test_unreachable_endpoint_and_missing_bucket_are_one_line(
     ]
     err = _one_line(capsys, args, EvalConfig, evaluate)
     assert err.startswith("error: storage unreachable: cannot reach the store of s3://clips/videos"), err
+    args = ["checkpoint=s3://clips/exports/none.safetensors", f"tokenizer={tok}", "progress=false"]
+    err = _one_line(capsys, args, SampleRunConfig, sample)
+    assert err == "error: LDM EMA export s3://clips/exports/none.safetensors does not exist", err

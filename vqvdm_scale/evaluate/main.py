@@ -252,11 +252,12 @@ def _check_inputs(cfg: EvalConfig) -> None:
         open_real(cfg.real, cfg.split)
 
 
-def _ema_path(cfg: EvalConfig) -> Path:
+def _ema_path(cfg: EvalConfig) -> str | Path:
+    from vqvdm_scale.formats.remote_files import is_url
     from vqvdm_scale.sample.main import SampleRunConfig
 
     p, tok = Path(str(cfg.run)), str(cfg.tokenizer)
-    by_file = p.is_file() or p.name.startswith("step_")
+    by_file = is_url(str(cfg.run)) or p.is_file() or p.name.startswith("step_")
     where = (
         SampleRunConfig(checkpoint=cfg.run, tokenizer=tok)
         if by_file

@@ -10,6 +10,8 @@ rebuilds a :class:`SamplingModel` without the training config.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,6 +23,7 @@ from vqvdm_scale.config import from_dict, to_dict
 from vqvdm_scale.config.core import UserError
 from vqvdm_scale.diffusion import DiffusionConfig, GaussianDiffusion
 from vqvdm_scale.formats.latent_shards import LatentStats
+from vqvdm_scale.formats.remote_files import fetched, staged
 from vqvdm_scale.formats.safetensors_file import (
     content_sha256,
     read_safetensors,
@@ -75,6 +78,18 @@ def save_ema(
     write_safetensors(path, tensors, meta)
 
 
+def copy_export(src: Path, dest: str | Path) -> None:
+    """Copy the export ``src`` to ``dest`` (a path, written atomically, or an fsspec URL, uploaded whole)."""
+    with staged(dest) as local:
+        local.parent.mkdir(parents=True, exist_ok=True)
+        tmp = local.with_name(f".{local.name}.tmp{os.getpid()}")
+        try:
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, local)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
 def _hashed_text(meta: dict[str, str]) -> str:
     """The metadata the export's sha256 covers: all of it but the hash, as canonical JSON."""
     return json.dumps({k: v for k, v in meta.items() if k != HASH_KEY}, sort_keys=True, separators=(",", ":"))
@@ -97,7 +112,11 @@ def load_ema(path: str | Path, device: torch.device | str = "cpu") -> SamplingMo
 
     A missing, truncated, edited or foreign file is a :class:`UserError` naming it.
     """
-    path = Path(path)
+    with fetched(path, "LDM EMA export") as local:  # an fsspec URL is fetched once per process
+        return _load(local, device)
+
+
+def _load(path: Path, device: torch.device | str) -> SamplingModel:
     if not path.is_file():
         raise UserError(f"{path} does not exist: give a run dir or a checkpoint dir that holds {EMA_FILE}")
     meta, tensors = read_safetensors(path, "LDM EMA export")

@@ -22,6 +22,7 @@ from torch import Tensor
 
 from vqvdm_scale.config.core import UserError, from_dict, to_dict
 from vqvdm_scale.config.text import redact
+from vqvdm_scale.formats.remote_files import fetched, staged
 from vqvdm_scale.formats.safetensors_file import (
     content_sha256,
     read_safetensors,
@@ -35,6 +36,7 @@ from vqvdm_scale.models.tokenizer.vqgan import VQTokenizer
 EXPORT_FORMAT = "vqvdm-tokenizer/2"  # with its clip geometry
 _NO_GEOMETRY_FORMAT = "vqvdm-tokenizer/1"  # without (every export before geometry was recorded)
 _FORMATS = (_NO_GEOMETRY_FORMAT, EXPORT_FORMAT)
+TOKENIZER_FILE = "tokenizer file"  # what a missing export at a URL is called
 
 
 @dataclass(frozen=True)
@@ -117,6 +119,8 @@ def export_tokenizer(
 ) -> str:
     """Write ``path`` (safetensors) and ``<path>.json`` (config + fingerprint) atomically; return the fingerprint.
 
+    ``path`` may be an fsspec URL (``s3://bucket/tokenizer.safetensors``): both files are uploaded whole.
+
     The fingerprint is the export's own sha256 (of its config text, geometry and tensors), checked on every
     load. ``frames`` and ``resolution`` (both or neither) are the clip size the model was trained on,
     recorded with ``frame_stride`` and the latent grid as its :class:`ClipGeometry`.
@@ -130,20 +134,20 @@ def export_tokenizer(
     geometry = None
     if frames is not None and resolution is not None:
         geometry = clip_geometry(cfg, frames, resolution, frame_stride)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = _export_state(model)
     text = config_json(cfg)
     geometry_text = geometry.to_json() if geometry is not None else None
     fp = fingerprint(text, tensors, geometry_text)
     meta = {"config": text, "fingerprint": fp, "format": _NO_GEOMETRY_FORMAT}
-    sidecar: dict[str, object] = {"format": _NO_GEOMETRY_FORMAT, "weights": path.name, "fingerprint": fp}
+    name = str(path).rstrip("/").rsplit("/", 1)[-1]
+    sidecar: dict[str, object] = {"format": _NO_GEOMETRY_FORMAT, "weights": name, "fingerprint": fp}
     if geometry_text is not None:
         meta.update(format=EXPORT_FORMAT, geometry=geometry_text)
         sidecar.update(format=EXPORT_FORMAT, geometry=json.loads(geometry_text))
     sidecar["config"] = to_dict(cfg)
-    write_safetensors(path, tensors, meta)
-    write_text(path.with_name(path.name + ".json"), json.dumps(sidecar, indent=2) + "\n")
+    with staged(path) as local:  # a URL is written locally, then uploaded
+        write_safetensors(local, tensors, meta)
+        write_text(local.with_name(local.name + ".json"), json.dumps(sidecar, indent=2) + "\n")
     return fp
 
 
@@ -194,7 +198,8 @@ def _parse_geometry(path: Path, meta: dict[str, str]) -> Optional[ClipGeometry]:
 
 def read_fingerprint(path: str | Path) -> str:
     """The fingerprint recorded in an exported tokenizer (reads only the header)."""
-    return _read_metadata(Path(path))["fingerprint"]
+    with fetched(path, TOKENIZER_FILE) as local:
+        return _read_metadata(local)["fingerprint"]
 
 
 def read_geometry(path: str | Path) -> Optional[ClipGeometry]:
@@ -202,8 +207,8 @@ def read_geometry(path: str | Path) -> Optional[ClipGeometry]:
 
     The header is not hashed here: :func:`load_tokenizer` checks the fingerprint, which covers the geometry.
     """
-    path = Path(path)
-    return _parse_geometry(path, _read_metadata(path))
+    with fetched(path, TOKENIZER_FILE) as local:
+        return _parse_geometry(local, _read_metadata(local))
 
 
 def clip_size(
@@ -241,7 +246,11 @@ def load_tokenizer(
     path: str | Path, device: str | torch.device = "cpu"
 ) -> tuple[VQTokenizer, TokenizerConfig, str]:
     """Load an exported tokenizer, verify its fingerprint, and return ``(model in eval mode, config, fingerprint)``."""
-    path = Path(path)
+    with fetched(path, TOKENIZER_FILE) as local:
+        return _load(local, device)
+
+
+def _load(path: Path, device: str | torch.device) -> tuple[VQTokenizer, TokenizerConfig, str]:
     _read_metadata(path)  # a missing file or another kind of file is said before the tensors are read
     meta, tensors = read_safetensors(path, "tokenizer export")
     # Hash the stored JSON text itself, so any edit of the config metadata is caught too.

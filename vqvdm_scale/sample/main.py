@@ -28,6 +28,8 @@ from vqvdm_scale.engine.env import (
 )
 from vqvdm_scale.formats.frames import FRAME_FORMATS
 from vqvdm_scale.formats.ldm_export import EMA_FILE, SamplingModel, load_ema
+from vqvdm_scale.formats.object_store import ObjectStoreConfig, apply_object_store
+from vqvdm_scale.formats.remote_files import is_url
 from vqvdm_scale.formats.tokenizer_export import load_tokenizer
 from vqvdm_scale.models.tokenizer import VQTokenizer
 from vqvdm_scale.monitor.progress import JobProgress, duration, is_terminal
@@ -55,6 +57,7 @@ class SampleRunConfig:
         known: its pixel frame ranges held fixed (``0-3``; several allowed); whole latent frames only.
         formats: files per video: ``mp4`` (with a GIF and PNG grid per batch), and the lossless ``npy``
             (uint8 ``[T, H, W, 3]``) or ``png`` (a folder of frames) that metrics read.
+        object_store: options of the s3:// / gs:// store that a ``--checkpoint`` or ``--tokenizer`` URL is on.
     """
 
     run: Optional[str] = None
@@ -72,6 +75,7 @@ class SampleRunConfig:
     device: str = "auto"
     progress: bool = True
     sample: SampleConfig = field(default_factory=SampleConfig)
+    object_store: ObjectStoreConfig = field(default_factory=ObjectStoreConfig)
 
     def __post_init__(self) -> None:
         if (self.run is None) == (self.checkpoint is None):
@@ -94,8 +98,14 @@ class SampleRunConfig:
         if self.fps is not None and self.fps <= 0:
             raise ConfigError(f"--fps must be > 0 (or null for the training clips' fps), got {self.fps}")
 
-    def ema_path(self) -> Path:
-        """The ema.safetensors file to load; a missing run, checkpoint or EMA file is a UserError."""
+    def ema_path(self) -> str | Path:
+        """The ema.safetensors file to load; a missing run, checkpoint or EMA file is a UserError.
+
+        ``--checkpoint`` may be the URL of an export file (``s3://bucket/ldm.safetensors``, see the LDM's
+        ``export`` setting); it is fetched when loaded.
+        """
+        if self.checkpoint and is_url(self.checkpoint):
+            return self.checkpoint
         if self.checkpoint:
             p = Path(self.checkpoint)
             if not p.exists():
@@ -132,7 +142,7 @@ def _checkpoint_ema(ckpt: Path) -> Path:
 
 
 def load_model_and_tokenizer(
-    ema_path: Path, tokenizer_path: str, device: torch.device
+    ema_path: str | Path, tokenizer_path: str, device: torch.device
 ) -> tuple[SamplingModel, VQTokenizer]:
     """The EMA sampling model and the tokenizer its latents came from; UserError if they do not belong together."""
     sm = load_ema(ema_path, device)
@@ -150,6 +160,7 @@ def load_model_and_tokenizer(
 
 def main(cfg: SampleRunConfig) -> list[Path]:
     """Sample this rank's share of videos; return the mp4 paths it wrote."""
+    apply_object_store(cfg.object_store)
     ema_path = cfg.ema_path()  # a wrong --run / --checkpoint is said before any process group starts
     t0 = time.perf_counter()
     init_distributed()

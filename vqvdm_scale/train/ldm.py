@@ -10,7 +10,7 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
@@ -26,7 +26,7 @@ from vqvdm_scale.engine.switches import channels_last_convs
 from vqvdm_scale.evaluate.config import PeriodicEvalConfig
 from vqvdm_scale.formats.labels import check_label_counts
 from vqvdm_scale.formats.latent_shards import LatentStats, check_fingerprint
-from vqvdm_scale.formats.ldm_export import EMA_FILE, LatentSpec, save_ema
+from vqvdm_scale.formats.ldm_export import EMA_FILE, LatentSpec, copy_export, save_ema
 from vqvdm_scale.formats.object_store import ObjectStoreConfig, apply_object_store
 from vqvdm_scale.formats.tokenizer_export import load_tokenizer, read_fingerprint
 from vqvdm_scale.models.unet.config import UNetConfig
@@ -49,6 +49,8 @@ class LDMRunConfig:
         class_conditional: condition on the cache's classes (model.num_classes is set from them).
         media_videos: class-conditional sample videos decoded into TensorBoard every run.media_every steps.
         eval: FVD/KVD (and IS) of the EMA weights every ``eval.every`` steps, logged as ``eval/<metric>``.
+        export: where a finished run also copies its last ``ema.safetensors`` (a path or an fsspec URL such
+            as ``s3://bucket/ldm.safetensors``); ``sample.py --checkpoint`` takes either.
     """
 
     run: RunConfig = field(default_factory=lambda: RunConfig(dir="runs/ldm"))
@@ -61,6 +63,7 @@ class LDMRunConfig:
     class_conditional: bool = True
     media_videos: int = 4
     eval: PeriodicEvalConfig = field(default_factory=PeriodicEvalConfig)
+    export: Optional[str] = None
     object_store: ObjectStoreConfig = field(default_factory=ObjectStoreConfig)
 
     def __post_init__(self) -> None:
@@ -229,6 +232,13 @@ class LDMTrainer(Trainer):
                 self.step,
                 list(self.manifest.get("classes") or []),
             )
+        barrier()
+
+    def finish(self) -> None:
+        """Copy the last checkpoint's EMA export to ``export`` when one is set."""
+        if self.cfg.export and is_main():
+            copy_export(self.ckpt_dir / f"step_{self.step:08d}" / EMA_FILE, self.cfg.export)
+            print0(f"[ldm] exported {redact(self.cfg.export)} (the EMA weights of step {self.step})")
         barrier()
 
     def exports_missing(self, directory: Path) -> bool:

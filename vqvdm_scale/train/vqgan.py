@@ -16,6 +16,7 @@ from typing import Any, Optional
 import torch
 
 from vqvdm_scale.config.core import ConfigError, presets
+from vqvdm_scale.config.text import redact
 from vqvdm_scale.data import ClipLoaderConfig, LoaderState, build_clip_loader
 from vqvdm_scale.data.urls import resolve_shards
 from vqvdm_scale.engine.config import TrainConfig
@@ -75,9 +76,9 @@ class VQGANRunConfig:
             raise ConfigError("disc.in_channels must equal model.in_channels")
 
     @property
-    def export_path(self) -> Path:
-        """The tokenizer export path."""
-        return Path(self.export) if self.export else Path(self.run.dir) / "tokenizer.safetensors"
+    def export_path(self) -> str:
+        """The tokenizer export: a path, or an fsspec URL (``s3://...``) it is uploaded to."""
+        return self.export if self.export else str(Path(self.run.dir) / "tokenizer.safetensors")
 
 
 def _in_own_dtype(disc: Engine) -> Callable[..., Any]:
@@ -223,7 +224,6 @@ class VQGANTrainer(Trainer):
             model = VQTokenizer(self.cfg.model)
             model.load_state_dict(state)
             path = self.cfg.export_path
-            path.parent.mkdir(parents=True, exist_ok=True)
             data = self.cfg.data  # its clip geometry travels with it (encode_latents reads it)
             fp = export_tokenizer(
                 model,
@@ -234,13 +234,13 @@ class VQGANTrainer(Trainer):
                 frame_stride=data.frame_stride,
             )
             print0(
-                f"[vqgan] exported tokenizer {path} (fingerprint {fp[:16]}..., "
+                f"[vqgan] exported tokenizer {redact(path)} (fingerprint {fp[:16]}..., "
                 f"{data.resolution}x{data.resolution} clips of {data.frames} frames)"
             )
         barrier()
 
 
-def main(cfg: VQGANRunConfig) -> Path:
+def main(cfg: VQGANRunConfig) -> str:
     """Train (or resume) the VQGAN described by ``cfg``; return the tokenizer export path."""
     apply_object_store(cfg.object_store)
     resolve_shards(cfg.data.train_shards)  # unreachable store, missing bucket: one line before any model
