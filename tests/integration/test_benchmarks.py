@@ -7,6 +7,7 @@ weights held by the engines move, with the optimiser the config names), not how 
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -194,3 +195,39 @@ def test_sampler_steps_benchmark_judges_matches_by_the_measured_noise(tmp_path, 
         with pytest.raises(SystemExit) as e:
             ss.main(argv)
         assert e.value.code == 2 and said in capsys.readouterr().out
+
+
+def test_peers_benchmark_says_what_is_missing_in_one_line(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from benchmarks import peers
+
+    for argv, said in (
+        (["--only", "tokenizer"], "--tats CHECKOUT is needed for tokenizer"),
+        (["--only", "speed"], "--only takes sampling, tokenizer, train, got speed"),
+        (["--only", "train", "--vdm", str(tmp_path)], "video_diffusion_pytorch does not exist"),
+    ):
+        with pytest.raises(SystemExit) as e:
+            peers.main(argv)
+        err = capsys.readouterr().err.strip()
+        assert e.value.code == 2 and said in err and len(err.splitlines()) == 1, err
+
+
+PEERS = {k: os.environ.get(f"VQVDM_PEER_{k.upper()}", "") for k in ("vdm", "tats")}
+
+
+@pytest.mark.skipif(not all(PEERS.values()), reason="VQVDM_PEER_VDM / VQVDM_PEER_TATS: the peers' checkouts")
+@pytest.mark.timeout(600)
+def test_peers_benchmark_tiny_runs_both_sides_of_every_pair(capsys: pytest.CaptureFixture[str]) -> None:
+    """Tiny networks of both sides (random weights), each in its own process: the plumbing, not the speed."""
+    from benchmarks import peers
+
+    argv = ["--tiny", "--steps", "4", "--timed-steps", "2", "--vdm", PEERS["vdm"], "--tats", PEERS["tats"]]
+    out = peers.main(argv)
+    assert set(out["results"]) == set(peers.PAIRS)
+    for pair, got in out["results"].items():
+        assert got["ratio"]["x"] == pytest.approx(got["peer"]["seconds"] / got["ours"]["seconds"])
+        assert all(got[s]["seconds"] > 0 and got[s]["params"] > 0 for s in ("ours", "peer")), pair
+    sampling_ = out["results"]["sampling"]
+    assert sampling_["peer"]["seconds"] == pytest.approx(4 * sampling_["peer"]["s_per_step"])
+    assert sampling_["ours"]["decode_s"] > 0 and sampling_["peer"]["video"] == [16, 16, 16]
+    assert out["results"]["train"]["peer"]["what"].endswith("4 clips of 16px")
+    assert "ours faster" in capsys.readouterr().out
