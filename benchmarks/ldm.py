@@ -180,6 +180,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         action="store_true",
         help="measure in this process (faster start; peak memory then mixes across networks)",
     )
+    parser.add_argument(
+        "--kinds", default="latent,pixel", help="networks to step: latent, pixel or both (default both)"
+    )
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # internal: one spec as JSON
     args = parser.parse_args(argv)
     threads = set_threads(args.threads)
@@ -192,16 +195,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         return result
 
     names = config_names(args.config)
+    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    if not kinds or any(k not in ("latent", "pixel") for k in kinds):
+        raise ValueError(f"--kinds takes latent, pixel or latent,pixel, got {args.kinds!r}")
     specs = []
     for name in names:
         network(
             {"config": name, "overrides": args.overrides, "vqgan_config": args.vqgan_config, "kind": "latent"}
         )
         common = {"config": name, "overrides": list(args.overrides), "vqgan_config": args.vqgan_config}
-        specs += [
-            {**common, "batch": args.batch, "kind": "latent", "name": f"latent U-Net of {name}"},
-            {**common, "batch": args.batch, "kind": "pixel", "name": f"pixel VDM-style, widths of {name}"},
-        ]
+        label = {"latent": f"latent U-Net of {name}", "pixel": f"pixel VDM-style, widths of {name}"}
+        specs += [{**common, "batch": args.batch, "kind": k, "name": label[k]} for k in kinds]
     info = machine_info()
     print("Latent vs pixel-space video U-Net training step (stage 2), 101 classes + fps conditioning")
     print(machine_line(info))
@@ -228,7 +232,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     )
 
     comparisons: dict[str, dict[str, float]] = {}
-    for name in names:
+    for name in names if len(kinds) == 2 else ():
         lat = next(r for r in rows if r["config"] == name and r["kind"] == "latent")
         pix = next(r for r in rows if r["config"] == name and r["kind"] == "pixel")
         ratio = pix["step"]["median_s"] / lat["step"]["median_s"]

@@ -24,7 +24,8 @@ above the process's baseline after imports, is each one's own):
 - **tokenizer**: encode + quantise + decode of one 1x3x16x128x128 clip.
 - **train**: one optimiser step (forward + backward + AdamW) at an equal number of output pixels: ours is
   the trainer's step (``benchmarks.steps.ldm_train_step``: DeepSpeed engine, B.yaml's train section with
-  ``--ours`` overrides, default fp32 and no compile like the peer) on the latent of one 16x128x128 clip;
+  ``--ours`` overrides, default fp32, no compile and ZeRO 0, like the peer's one process: on one rank
+  ZeRO 2/3 only add partitioning work) on the latent of one 16x128x128 clip;
   the peer's is eps-prediction MSE + torch AdamW on 4 clips of 16x64x64.
 
 ``--tiny`` shrinks every network (ours: ldm/tiny.yaml and vqgan/tiny.yaml; the peers: ``dim=8``,
@@ -51,7 +52,7 @@ __all__ = ["PAIRS", "main"]
 
 PAIRS = ("sampling", "tokenizer", "train")
 PEER_DEPS = "pip install einops-exts rotary-embedding-torch pytorch-lightning scikit-video imageio"
-OURS_DEFAULT = ("train.precision=fp32", "train.compile=false")
+OURS_DEFAULT = ("train.precision=fp32", "train.compile=false", "train.zero_stage=0")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -333,7 +334,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 "seconds": common.fmt(r["seconds"]), "peak RSS (GiB)": common.fmt(r["peak_rss_gib"]),
                 "ours faster": f"{got['ratio']['x']:.1f}x" if side == "peer" else "",
             })  # fmt: skip
-        print(f"{pair}: ours {got['ours']['seconds']:.3g} s, peer {got['peer']['seconds']:.3g} s", flush=True)
+        detail = {
+            s: {k: v for k, v in got[s].items() if k not in ("what", "params")} for s in ("ours", "peer")
+        }
+        print(f"{pair}: {json.dumps(detail)}", flush=True)  # the timing behind each figure
     end = common.machine_info()["load_avg_1min"]
     print(common.format_table(COLUMNS, rows))
     print(
