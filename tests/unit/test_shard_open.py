@@ -60,7 +60,7 @@ fsspec.register_implementation("flaky", FlakyFS, clobber=True)
 @pytest.fixture(autouse=True)
 def _restore_store_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     """apply_object_store writes the environment and fsspec's conf: give both back after each test."""
-    for name in ("FSSPEC_S3", "FSSPEC_GCS", "VQVDM_STORAGE_RETRY"):
+    for name in ("FSSPEC_S3", "FSSPEC_GCS", "VQVDM_STORAGE_RETRY", "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"):
         monkeypatch.delenv(name, raising=False)
     for proto in ("s3", "s3a", "gcs", "gs"):
         monkeypatch.setitem(fsspec.config.conf, proto, dict(fsspec.config.conf.get(proto, {})))
@@ -168,6 +168,17 @@ def test_object_store_options_reach_fsspec_and_are_undone() -> None:
         None
     )  # the next run's defaults replace them "endpoint_url" not in fsspec.config.conf["s3"] and "anon" not in fsspec.config.conf["s3"]
     assert retry_policy() == RetryPolicy()
+
+
+def test_an_endpoint_turns_off_gcsfs_zonal_bucket_probe_unless_the_user_set_it() -> None:
+    # gcsfs asks a gRPC control API per bucket first; an emulator has none (60 s per bucket, seen 6 Dec)
+    apply_object_store(ObjectStoreConfig())
+    assert "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT" not in os.environ  # Google's own endpoint: gcsfs decides
+    apply_object_store(ObjectStoreConfig(endpoint_url="http://127.0.0.1:9"))
+    assert os.environ["GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"] == "false"
+    os.environ["GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"] = "true"
+    apply_object_store(ObjectStoreConfig(endpoint_url="http://127.0.0.1:9"))
+    assert os.environ["GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"] == "true"
 
 
 def test_options_inherited_from_an_earlier_run_are_replaced() -> None:

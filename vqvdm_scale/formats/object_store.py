@@ -112,6 +112,9 @@ _MANAGED = {
 }
 
 
+_GCS_ZONAL_ENV = "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"
+
+
 def apply_object_store(cfg: Optional[ObjectStoreConfig]) -> None:
     """Make ``cfg``'s options the fsspec defaults of every s3:// and gs:// URL opened from now on."""
     cfg = cfg if cfg is not None else ObjectStoreConfig()
@@ -123,6 +126,11 @@ def apply_object_store(cfg: Optional[ObjectStoreConfig]) -> None:
             conf.update(options)
         os.environ[f"FSSPEC_{backend.upper()}"] = json.dumps(options)
     os.environ[_RETRY_ENV] = json.dumps(asdict(RetryPolicy(cfg.tries, cfg.backoff_s)))
+    if cfg.endpoint_url:
+        # gcsfs (read when it is imported) first asks a gRPC control API whether each bucket is zonal;
+        # an emulator or a non-Google endpoint has none, and every bucket then waits 60 s. A user's own
+        # setting of the switch wins.
+        os.environ.setdefault(_GCS_ZONAL_ENV, "false")
 
 
 def retry_policy() -> RetryPolicy:
