@@ -83,10 +83,11 @@ def _import_peer(checkout: str, package: str) -> types.ModuleType:
     folder = Path(checkout).expanduser() / package
     if not folder.is_dir():
         _fail(f"{folder} does not exist: give the peer's checkout (the folder holding {package}/)")
-    mod = types.ModuleType(package)
-    mod.__path__ = [str(folder)]
-    sys.modules[package] = mod
-    return mod
+    if package not in sys.modules:  # once: its submodules stay bound to the first package object
+        mod = types.ModuleType(package)
+        mod.__path__ = [str(folder)]
+        sys.modules[package] = mod
+    return sys.modules[package]
 
 
 def _module(checkout: str, package: str, name: str) -> Any:
@@ -104,12 +105,6 @@ def _vdm_unet(spec: dict[str, Any], sizes: Sizes) -> torch.nn.Module:
 
 def _params(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
-
-
-def _fit_steps(call: Callable[[], Any], budget_s: float, timed: int | None) -> tuple[int, float]:
-    """One warm-up call; then how many calls fit in ``budget_s`` (>= 1) and the warm-up's seconds."""
-    t = common.time_call(call, 1, warmup=0)
-    return (timed or max(1, int(budget_s / max(t.median, 1e-6)))), t.median
 
 
 def _ours_sampling(spec: dict[str, Any], sizes: Sizes) -> dict[str, Any]:
@@ -155,7 +150,10 @@ def _peer_sampling(spec: dict[str, Any], sizes: Sizes) -> dict[str, Any]:
         with torch.no_grad():
             net(x, t)
 
-    k, _ = _fit_steps(one, spec["step_budget_s"], spec["timed_steps"])
+    from benchmarks.sampling import choose_timed_steps
+
+    warm = common.time_call(one, 1, warmup=0).median  # the warm-up call sets how many steps fit the budget
+    k = choose_timed_steps(spec["steps"], warm, spec["timed_steps"], spec["step_budget_s"])
     timing = common.time_call(
         lambda: [one() for _ in range(k)], spec["repeats"], warmup=0, budget_s=spec["budget_s"]
     )

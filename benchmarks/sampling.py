@@ -40,7 +40,7 @@ from vqvdm_scale.models.tokenizer import VQTokenizer
 from vqvdm_scale.models.unet.model import UNet3D
 from vqvdm_scale.sample.api import SampleConfig, decode_latents, generate_latents
 
-__all__ = ["COLUMNS", "PAPER_SECONDS", "bench_sampler", "main"]
+__all__ = ["COLUMNS", "PAPER_SECONDS", "bench_sampler", "choose_timed_steps", "main"]
 
 # VQ-VDM's reported seconds per video (100 DDIM steps, their GPU): theirs vs VDM's.
 PAPER_SECONDS = {"latent": 3.95, "pixel": 35.26}
@@ -59,7 +59,7 @@ COLUMNS = [
 ]
 
 
-def _choose_timed_steps(steps: int, one_call_s: float, timed_steps: int | None, step_budget_s: float) -> int:
+def choose_timed_steps(steps: int, one_call_s: float, timed_steps: int | None, step_budget_s: float) -> int:
     """How many DDIM steps to time per repeat: all when they fit in the budget, else fewer (>= 1)."""
     if timed_steps is not None:
         return min(timed_steps, steps)
@@ -102,7 +102,7 @@ def bench_sampler(
     step_flops = common.count_flops_meta(build_step)
     t0 = time.perf_counter()
     z = run(1)  # warm-up: one guided step
-    k = _choose_timed_steps(sample.steps, time.perf_counter() - t0, timed_steps, step_budget_s)
+    k = choose_timed_steps(sample.steps, time.perf_counter() - t0, timed_steps, step_budget_s)
     timing = common.time_call(lambda: run(k), repeats, warmup=0, budget_s=budget_s)
     per_step = timing.median / k
     frames, side = vq.data.frames, vq.data.resolution

@@ -10,8 +10,6 @@ rebuilds a :class:`SamplingModel` without the training config.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,6 +24,7 @@ from vqvdm_scale.formats.latent_shards import LatentStats
 from vqvdm_scale.formats.remote_files import fetched, staged
 from vqvdm_scale.formats.safetensors_file import (
     content_sha256,
+    copy_file,
     read_safetensors,
     verify_sha256,
     write_safetensors,
@@ -81,13 +80,7 @@ def save_ema(
 def copy_export(src: Path, dest: str | Path) -> None:
     """Copy the export ``src`` to ``dest`` (a path, written atomically, or an fsspec URL, uploaded whole)."""
     with staged(dest) as local:
-        local.parent.mkdir(parents=True, exist_ok=True)
-        tmp = local.with_name(f".{local.name}.tmp{os.getpid()}")
-        try:
-            shutil.copyfile(src, tmp)
-            os.replace(tmp, local)
-        finally:
-            tmp.unlink(missing_ok=True)
+        copy_file(src, local)
 
 
 def _hashed_text(meta: dict[str, str]) -> str:

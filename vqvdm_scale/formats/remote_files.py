@@ -65,12 +65,11 @@ def local_copy(path: str | Path, what: str) -> Path:
             fs.get_file(remote, str(target))
     except FileNotFoundError as e:
         raise UserError(redact(f"{what} {url} does not exist")) from e
-    for sidecar in (".json",):  # the tokenizer's human-readable sidecar travels with it when present
-        try:
-            with storage_errors(url):
-                fs.get_file(remote + sidecar, str(target) + sidecar)
-        except FileNotFoundError:
-            pass
+    try:  # the tokenizer's human-readable sidecar travels with it when present
+        with storage_errors(url):
+            fs.get_file(remote + ".json", str(target) + ".json")
+    except FileNotFoundError:
+        pass
     _copies[url] = target
     return target
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import struct
 from collections.abc import Mapping
 from pathlib import Path
@@ -30,6 +31,7 @@ from vqvdm_scale.config.core import UserError
 
 __all__ = [
     "content_sha256",
+    "copy_file",
     "fsync_dir",
     "read_safetensors",
     "verify_sha256",
@@ -99,6 +101,20 @@ def write_text(path: Path, text: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def copy_file(src: Path, path: Path) -> None:
+    """Copy ``src`` to ``path`` atomically and durably, as :func:`write_text` writes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        shutil.copyfile(src, tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     fsync_dir(path.parent)
 
 

@@ -139,13 +139,13 @@ def export_tokenizer(
     geometry_text = geometry.to_json() if geometry is not None else None
     fp = fingerprint(text, tensors, geometry_text)
     meta = {"config": text, "fingerprint": fp, "format": _NO_GEOMETRY_FORMAT}
-    name = str(path).rstrip("/").rsplit("/", 1)[-1]
-    sidecar: dict[str, object] = {"format": _NO_GEOMETRY_FORMAT, "weights": name, "fingerprint": fp}
+    sidecar: dict[str, object] = {"format": _NO_GEOMETRY_FORMAT, "weights": "", "fingerprint": fp}
     if geometry_text is not None:
         meta.update(format=EXPORT_FORMAT, geometry=geometry_text)
         sidecar.update(format=EXPORT_FORMAT, geometry=json.loads(geometry_text))
     sidecar["config"] = to_dict(cfg)
-    with staged(path) as local:  # a URL is written locally, then uploaded
+    with staged(path) as local:  # a URL is written locally (under its own name), then uploaded
+        sidecar["weights"] = local.name
         write_safetensors(local, tensors, meta)
         write_text(local.with_name(local.name + ".json"), json.dumps(sidecar, indent=2) + "\n")
     return fp
