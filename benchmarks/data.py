@@ -40,7 +40,13 @@ def make_bench_shards(root: Path, resolution: int = 128) -> str:
 
 
 def loader_clips_per_s(
-    shards: str, workers: int, seconds: float, frames: int, resolution: int, batch_size: int
+    shards: str,
+    workers: int,
+    seconds: float,
+    frames: int,
+    resolution: int,
+    batch_size: int,
+    shards_ahead: int = 0,
 ) -> float:
     """Clips/s the train-mode clip loader delivers (after its first batch, which pays worker start-up)."""
     cfg = ClipLoaderConfig(
@@ -51,6 +57,7 @@ def loader_clips_per_s(
         resampled=True,  # endless stream: the measurement is time-bound, not epoch-bound
         shuffle_buffer=16,
         short_videos="loop",
+        shards_ahead=shards_ahead,
     )
     it = iter(build_clip_loader(cfg, batch_size=batch_size, train=True))
     next(it)

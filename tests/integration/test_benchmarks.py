@@ -231,3 +231,48 @@ def test_peers_benchmark_tiny_runs_both_sides_of_every_pair(capsys: pytest.Captu
     assert sampling_["ours"]["decode_s"] > 0 and sampling_["peer"]["video"] == [16, 16, 16]
     assert out["results"]["train"]["peer"]["what"].endswith("4 clips of 16px")
     assert "ours faster" in capsys.readouterr().out
+
+
+def test_latency_proxy_holds_each_request() -> None:
+    import socket
+    import threading
+
+    from benchmarks.object_store import start_latency_proxy
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+
+        def echo() -> None:
+            conn, _ = server.accept()
+            with conn:
+                while data := conn.recv(1024):
+                    conn.sendall(data)
+
+        threading.Thread(target=echo, daemon=True).start()
+        url = start_latency_proxy(server.getsockname()[1], 0.2)
+        with socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1]))) as client:
+            for request in (b"GET /a", b"GET /b"):
+                t0 = time.perf_counter()
+                client.sendall(request)
+                assert client.recv(1024) == request
+                assert time.perf_counter() - t0 >= 0.2  # each request pays the round trip
+
+
+def test_object_store_bench_tiny_times_shards_ahead_behind_a_slow_store(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import fsspec.config
+
+    from benchmarks import object_store
+
+    # the benchmark sets the endpoint and credentials in this process: give them back afterwards
+    monkeypatch.setitem(fsspec.config.conf, "s3", {})
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL"):
+        monkeypatch.setenv(name, os.environ.get(name, ""))
+    args = ["--seconds", "0.5", "--workers", "1", "--resolution", "64", "--frames", "8"]
+    args += ["--block-sizes", "5242880"]
+    object_store.main([*args, "--ahead", "0,1", "--latency-ms", "20"])
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("loader")]
+    assert len(lines) == 3 and "local disk" in lines[0]
+    assert "S3 +20 ms" in lines[1] and "0 shard(s) ahead" in lines[1] and "1 shard(s) ahead" in lines[2]

@@ -198,3 +198,18 @@ def test_a_rank_replays_only_the_old_readers_that_decide_its_shards(
     for rank in range(3):  # on 3 ranks after both layouts: the same samples as a full replay, filtered
         mine = shards(rank, 3)
         assert used(2, mine) == {u for u in both if u[0] in mine}
+
+
+def test_shards_downloaded_ahead_change_nothing_the_loaders_yield(tmp_path: Path) -> None:
+    urls = _shards(tmp_path, [5, 6, 4, 6, 5, 3])
+    plain = Job(urls, world=2, workers=2)
+    plain.until(2)
+    ahead = Job(urls, world=2, workers=2, shards_ahead=2)
+    ahead.until(2)
+    assert ahead.seen == plain.seen
+    first = Job(urls, world=2, workers=2, shards_ahead=2)
+    first.steps(3)
+    resumed = Job(urls, world=2, workers=2, old=first.save(), shards_ahead=2)
+    resumed.until(2)
+    both = first.seen + resumed.seen
+    assert len(both) >= len(plain.seen) - 4 and both[: len(plain.seen)] == plain.seen[: len(both)]

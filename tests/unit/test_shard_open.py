@@ -9,6 +9,8 @@ from __future__ import annotations
 import errno
 import io
 import os
+import threading
+import time
 from typing import Any
 
 import fsspec
@@ -30,7 +32,8 @@ class _Breaking(io.BytesIO):
         self.limit = limit
 
     def read(self, size: int | None = -1) -> bytes:
-        if self.tell() >= self.limit:
+        whole = size is None or size < 0
+        if self.tell() >= self.limit or (whole and self.limit < len(self.getbuffer())):
             raise ConnectionResetError(errno.ECONNRESET, "connection reset by peer")
         size = self.limit - self.tell() if size is None or size < 0 else min(size, self.limit - self.tell())
         return super().read(size)
@@ -85,11 +88,16 @@ def shards() -> list[str]:
     return urls
 
 
-def _keys(urls: list[str], breaks: int, tries: int) -> tuple[list[str], ErrorCounter]:
+def _keys(urls: list[str], breaks: int, tries: int, ahead: int = 0) -> tuple[list[str], ErrorCounter]:
     FlakyFS.opened, FlakyFS.breaks = {}, breaks
     counter = ErrorCounter("test")
     files = open_tar_files(
-        [{"url": u} for u in urls], counter, counter, policy=RetryPolicy(tries, 0.0), sleep=lambda s: None
+        [{"url": u} for u in urls],
+        counter,
+        counter,
+        policy=RetryPolicy(tries, 0.0),
+        sleep=lambda s: None,
+        ahead=ahead,
     )
     keys = [f["fname"] for f in files if f]  # {} marks a shard's end
     return keys, counter
@@ -131,6 +139,35 @@ def test_the_pipeline_keeps_its_sample_order_through_faults(shards: list[str]) -
     assert flaky == clean and len(clean) == 12 and counter.retries == 2
 
 
+def _ahead_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("shards-ahead")]
+
+
+def test_shards_downloaded_ahead_keep_the_order_and_retry_their_faults(shards: list[str]) -> None:
+    clean, _ = _keys(shards, breaks=0, tries=1)
+    assert _keys(shards, breaks=0, tries=1, ahead=2)[0] == clean
+    keys, counter = _keys(shards, breaks=2, tries=3, ahead=1)
+    assert keys == clean  # a failed download is re-opened like a failed read: nothing lost or repeated
+    assert (counter.count, counter.network, counter.retries) == (0, 4, 4)
+    with pytest.raises(StorageUnreachable):
+        _keys(shards, breaks=5, tries=3, ahead=1)
+
+
+def test_the_next_shard_downloads_while_the_first_is_read_and_the_threads_end(shards: list[str]) -> None:
+    FlakyFS.opened, FlakyFS.breaks = {}, 0
+    counter = ErrorCounter("test")
+    files = open_tar_files([{"url": u} for u in shards], counter, counter, ahead=1)
+    next(files)  # the first file of the first shard
+    deadline = time.monotonic() + 10
+    while len(FlakyFS.opened) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert sorted(FlakyFS.opened) == sorted(shards)
+    files.close()  # a reader stopped mid-epoch leaves no download thread behind
+    while _ahead_threads() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not _ahead_threads()
+
+
 def test_network_errors_are_told_from_data_errors() -> None:
     assert is_network_error(ConnectionRefusedError(errno.ECONNREFUSED, "refused"))
     assert is_network_error(OSError(errno.ETIMEDOUT, "timed out"))
@@ -164,9 +201,8 @@ def test_object_store_options_reach_fsspec_and_are_undone() -> None:
     assert fsspec.config.conf["gcs"]["token"] == "anon"
     assert '"endpoint_url": "http://127.0.0.1:9"' in os.environ["FSSPEC_S3"]  # spawned workers read it
     assert retry_policy() == RetryPolicy(7, 1.5)
-    apply_object_store(
-        None
-    )  # the next run's defaults replace them "endpoint_url" not in fsspec.config.conf["s3"] and "anon" not in fsspec.config.conf["s3"]
+    apply_object_store(None)  # the next run's defaults replace them
+    assert "endpoint_url" not in fsspec.config.conf["s3"] and "anon" not in fsspec.config.conf["s3"]
     assert retry_policy() == RetryPolicy()
 
 

@@ -258,6 +258,7 @@ class ResumableLoader:
             cursors=list(st.worker_cursors),
             worker_offset=st.next_worker,
             consumed=st.consumed,
+            shards_ahead=self.cfg.shards_ahead,
         )
 
     def _dataset(self) -> IterableDataset:

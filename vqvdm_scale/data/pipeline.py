@@ -145,6 +145,7 @@ def shard_sample_pipeline(
     handler: Optional[Callable[[BaseException], bool]] = None,
     exclude: frozenset[tuple[str, str]] = frozenset(),
     checksums: Optional[Mapping[str, str]] = None,
+    shards_ahead: int = 0,
 ) -> wds.DataPipeline:
     """Raw tar samples (dicts of bytes + ``__key__``, ``__url__``, ``__index__``) for one reader.
 
@@ -155,8 +156,9 @@ def shard_sample_pipeline(
     world size used this epoch), ``skip`` drops the first samples after it (resume). Tar and open
     errors, and shards that do not hash to their sha256 in ``checksums`` (URL -> sha256; a URL not in
     it is not checked), go to ``handler`` (default: an :class:`ErrorCounter`); network faults are
-    retried from the shard's start (:func:`~vqvdm_scale.data.shard_open.open_tar_files`). A latent
-    loader continues this pipeline with its own decode.
+    retried from the shard's start (:func:`~vqvdm_scale.data.shard_open.open_tar_files`), which also
+    downloads ``shards_ahead`` shards in front of the one read. A latent loader continues this pipeline
+    with its own decode.
     """
     if not urls:
         raise ValueError("shard_sample_pipeline needs at least one shard URL")
@@ -176,7 +178,9 @@ def shard_sample_pipeline(
         stages += _seeded_shards(urls, rank, world_size, worker, num_workers, shuffle)
     faults = handler if isinstance(handler, ErrorCounter) else ErrorCounter()
     stages += [
-        functools.partial(open_tar_files, handler=handler, faults=faults, checksums=checksums),
+        functools.partial(
+            open_tar_files, handler=handler, faults=faults, checksums=checksums, ahead=shards_ahead
+        ),
         functools.partial(group_by_keys, handler=handler),
     ]
     if exclude:

@@ -55,6 +55,9 @@ class StreamConfig:
     epoch_samples: Optional[int] = None  # resampled mode: samples per rank that make one epoch
     drop_last: bool = True  # train: drop each reader's last partial batch (eval keeps it)
     prefetch_factor: int = 2
+    # shards each reader downloads whole, in the background, in front of the one it reads (for object
+    # storage: the store's latency is paid beside the decode); each is held in memory until read
+    shards_ahead: int = 0
     pin_memory: bool = False
     # how DataLoader workers start; None = Python's default (fork on Linux up to 3.13). memory:// shards
     # are only visible to forked workers
@@ -63,6 +66,8 @@ class StreamConfig:
     def __post_init__(self) -> None:
         if self.prefetch_factor < 1:
             raise ConfigError(f"data.prefetch_factor must be >= 1, got {self.prefetch_factor}")
+        if self.shards_ahead < 0:
+            raise ConfigError(f"data.shards_ahead must be >= 0, got {self.shards_ahead}")
         if self.num_workers < 0:
             raise ConfigError(f"data.num_workers must be >= 0, got {self.num_workers}")
         if self.shuffle_buffer < 0:
@@ -99,6 +104,7 @@ class ReaderSpec:
     consumed: list[dict[str, Any]] = field(default_factory=list)  # earlier layouts of this epoch
     exclude: frozenset[tuple[str, str]] = frozenset()  # what they used, if the loader replayed them already
     checksums: dict[str, str] = field(default_factory=dict)  # shard URL -> sha256 checked on open
+    shards_ahead: int = 0  # shards downloaded in front of the one being read
 
     def open(self, label: str) -> tuple[int, ErrorCounter, Iterator[dict[str, Any]]]:
         """(worker index, its error counter, its raw samples) for the DataLoader worker this runs in."""
@@ -134,6 +140,7 @@ class ReaderSpec:
             handler=counter,
             exclude=exclude,
             checksums=self.checksums,
+            shards_ahead=self.shards_ahead,
         )
         return worker, counter, iter(samples)
 

@@ -6,6 +6,10 @@ the exact sample it stopped at (a tar shard reads back in the same order). Fault
 counted apart from corrupt data. When the budget (:func:`~vqvdm_scale.formats.object_store.retry_policy`)
 is spent, :class:`~vqvdm_scale.formats.faults.StorageUnreachable` ends the stream: the epoch's sample
 set is never silently changed. Any other error goes to the handler (counted and skipped).
+
+With ``ahead`` > 0 a reader downloads its next ``ahead`` shards whole, on as many threads, while it reads
+the current one (each held in memory until read): the store's latency is then paid beside the decode,
+not before it. A fault in such a download is retried like any other, by re-opening the shard.
 """
 
 from __future__ import annotations
@@ -14,7 +18,9 @@ import hashlib
 import io
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Optional, Protocol
 
 from webdataset.tariterators import tar_file_expander
@@ -56,12 +62,46 @@ class FaultCounts(Protocol):
     retries: int
 
 
+def _download(url: str) -> bytes:
+    """The whole of one shard (a download ahead of its reading)."""
+    with open_url(url, "rb") as f:
+        data: bytes = f.read()
+    return data
+
+
+def _with_downloads(
+    data: Iterable[dict[str, Any]], ahead: int
+) -> Iterator[tuple[dict[str, Any], Optional[Future[bytes]]]]:
+    """Each ``{"url"}`` item with its shard's download, kept ``ahead`` shards in front (None: not ahead)."""
+    if ahead <= 0:
+        yield from ((item, None) for item in data)
+        return
+    pool = ThreadPoolExecutor(max_workers=ahead, thread_name_prefix="shards-ahead")
+    pending: deque[tuple[dict[str, Any], Future[bytes]]] = deque()
+    items = iter(data)
+    try:
+        while True:
+            while len(pending) <= ahead:  # the shard about to be read + the ``ahead`` after it
+                item = next(items, None)
+                if item is None:
+                    break
+                pending.append((item, pool.submit(_download, item["url"])))
+            if not pending:
+                return
+            yield pending.popleft()
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
 def _shard_files(
-    item: dict[str, Any], handler: Callable[[BaseException], bool], checksums: Optional[Mapping[str, str]]
+    item: dict[str, Any],
+    handler: Callable[[BaseException], bool],
+    checksums: Optional[Mapping[str, str]],
+    download: Optional[Future[bytes]] = None,
 ) -> Iterator[dict[str, Any]]:
-    """One shard's tar files (and webdataset's end-of-shard marker), read through fsspec."""
+    """One shard's tar files (and webdataset's end-of-shard marker), read through fsspec or downloaded."""
     url = item["url"]
-    stream = open_url(url, "rb")
+    stream = open_url(url, "rb") if download is None else io.BytesIO(download.result())
     try:
         if checksums and url in checksums:
             with stream:
@@ -78,11 +118,13 @@ def open_tar_files(
     checksums: Optional[Mapping[str, str]] = None,
     policy: Optional[RetryPolicy] = None,
     sleep: Callable[[float], None] = time.sleep,
+    ahead: int = 0,
 ) -> Iterator[dict[str, Any]]:
     """``{"url"}`` items -> their tar files, each shard retried from its start after a network fault.
 
     ``handler`` gets every other error (a missing, unreadable, altered or corrupt shard) and says whether
-    to go on; a URL in ``checksums`` is read whole and checked against its sha256 first.
+    to go on; a URL in ``checksums`` is read whole and checked against its sha256 first. ``ahead``: shards
+    downloaded in the background in front of the one being read.
     """
     policy = policy if policy is not None else retry_policy()
 
@@ -91,14 +133,32 @@ def open_tar_files(
             raise exn  # leaves the tar reader, to be retried below
         return handler(exn)
 
-    for item in data:
+    shards = _with_downloads(data, ahead)
+    try:
+        yield from _retried(shards, handler, data_only, faults, checksums, policy, sleep)
+    finally:
+        shards.close()
+
+
+def _retried(
+    shards: Iterator[tuple[dict[str, Any], Optional[Future[bytes]]]],
+    handler: Callable[[BaseException], bool],
+    data_only: Callable[[BaseException], bool],
+    faults: FaultCounts,
+    checksums: Optional[Mapping[str, str]],
+    policy: RetryPolicy,
+    sleep: Callable[[float], None],
+) -> Iterator[dict[str, Any]]:
+    """The loop of :func:`open_tar_files`: a failed download or read re-opens its shard after a backoff."""
+    for item, download in shards:
         url = item["url"]
         passed = 0  # files of this shard already passed on, skipped after a re-open
         attempt = 0
         while True:
             attempt += 1
             try:
-                for index, sample in enumerate(_shard_files(item, data_only, checksums)):
+                files = _shard_files(item, data_only, checksums, download if attempt == 1 else None)
+                for index, sample in enumerate(files):
                     if index >= passed:
                         passed += 1
                         yield sample
