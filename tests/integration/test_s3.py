@@ -111,7 +111,7 @@ def _overrides(run_dir: Path, *extra: str) -> list[str]:
     ]
 
 
-def _train(rank: int, world: int, overrides: list[str], events: dict[int, str], pid: int) -> dict[str, Any]:
+def _train(rank: int, world: int, overrides: list[str], events: dict[Any, str], pid: int) -> dict[str, Any]:
     """One rank's run: its step, per-step losses and how it ended. Rank 0 stalls or kills the store ``pid``
     during the steps named in ``events``; the next step opens a shard (one shard a step, no workers)."""
     from vqvdm_scale.formats.faults import StorageUnreachable
@@ -124,7 +124,7 @@ def _train(rank: int, world: int, overrides: list[str], events: dict[int, str], 
     def record(batch: dict[str, Any]) -> dict[str, float] | None:
         out = step(batch)
         losses.append(out["loss"] if out else float("nan"))
-        act = events.get(trainer.step + 1, "") if rank == 0 else ""
+        act = events.pop(trainer.step + 1, "") if rank == 0 else ""  # once, at the step's first micro-batch
         if act == "kill":
             os.kill(pid, signal.SIGKILL)
         if act == "stall":  # frozen past FAST_FAIL's 5 s read timeout
@@ -133,6 +133,15 @@ def _train(rank: int, world: int, overrides: list[str], events: dict[int, str], 
         return out
 
     trainer.micro_step = record  # type: ignore[method-assign]
+    read = trainer._batches
+
+    def reading() -> Iterator[Any]:  # "read k": the store dies once step k's first micro-batch is read
+        for batch in read():
+            if rank == 0 and events.pop(f"read {trainer.step + 1}", "") == "kill":
+                os.kill(pid, signal.SIGKILL)
+            yield batch
+
+    trainer._batches = reading  # type: ignore[method-assign]
     try:
         trainer.fit()
         end = "finished"
@@ -182,7 +191,7 @@ def test_make_shards_wrote_s3_and_two_ranks_train_from_it(
 def test_a_stalled_store_costs_time_a_dead_one_stops_the_run_and_the_rerun_is_exact(
     s3: dict[str, Any], two_ranks: dict[str, Any], tmp_path: Path
 ) -> None:
-    server, fs = s3["server"], s3["fs"]
+    server = s3["server"]
     overrides = _overrides(tmp_path / "run", *FOUR_STEPS, *FAST_FAIL, "object_store.tries=5")
     assert server.proc is not None
     start = time.monotonic()
@@ -204,14 +213,44 @@ def test_a_stalled_store_costs_time_a_dead_one_stops_the_run_and_the_rerun_is_ex
     )
     assert lost[1]["end"].startswith("storage unreachable: ")
     assert (tmp_path / "run" / "checkpoints" / "step_00000003" / "COMPLETE").exists()
-    server.start()  # a new, empty store on the same port: restore the same shards
-    fs.invalidate_cache()
-    fs.mkdir("clips")
-    fs.pipe(s3["shards"])
+    _restore(s3)
     again = run_on_ranks(_train, 2, timeout=200, args=(overrides, {}, 0))
     assert [r["end"] for r in again] == ["finished"] * 2
     for rank in range(2):
         assert lost[rank]["losses"] + again[rank]["losses"] == two_ranks["ranks"][rank]["losses"], rank
+
+
+def _restore(s3: dict[str, Any]) -> None:
+    """A new, empty store on the same port, given back the same shards."""
+    s3["server"].start()
+    s3["fs"].invalidate_cache()
+    s3["fs"].mkdir("clips")
+    s3["fs"].pipe(s3["shards"])
+
+
+@pytest.mark.timeout(600)
+def test_a_store_lost_between_accumulated_micro_batches_reruns_that_step_exactly(
+    s3: dict[str, Any], tmp_path: Path
+) -> None:
+    # grad_accum 2: a step is two shards per rank; the store dies once step 3's first micro-batch is read,
+    # so the second cannot be. A step reads all its micro-batches before computing any (forward passes
+    # move buffers such as the codebook's), so the save is step 2's as it was, and the re-run is exact.
+    accum = (*FOUR_STEPS, "train.grad_accum=2")
+    straight = run_on_ranks(_train, 2, timeout=200, args=(_overrides(tmp_path / "a", *accum), {}, 0))
+    assert [r["end"] for r in straight] == ["finished"] * 2 and len(straight[0]["losses"]) == 8
+    overrides = _overrides(tmp_path / "b", *accum, *FAST_FAIL)
+    pid = s3["server"].proc.pid
+    lost = run_on_ranks(_train, 2, timeout=200, args=(overrides, {"read 3": "kill"}, pid))
+    s3["server"].proc.wait(timeout=10)
+    _restore(s3)
+    assert [r["step"] for r in lost] == [2, 2], lost
+    assert all(r["end"].startswith("storage unreachable: ") for r in lost)
+    assert (tmp_path / "b" / "checkpoints" / "step_00000002" / "COMPLETE").exists()
+    again = run_on_ranks(_train, 2, timeout=200, args=(overrides, {}, 0))
+    assert [r["end"] for r in again] == ["finished"] * 2
+    for rank in range(2):
+        assert lost[rank]["losses"] == straight[rank]["losses"][:4], rank
+        assert again[rank]["losses"] == straight[rank]["losses"][4:], rank
 
 
 @pytest.mark.timeout(120)

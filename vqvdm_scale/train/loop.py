@@ -357,8 +357,12 @@ class Trainer(ABC):
             done = 0
             items = 0
             logs_acc: dict[str, float] = {}
+            # every micro-batch of the step is read before any is computed: a store lost mid-step then
+            # leaves nothing half-done (forward passes update buffers: codebook EMA, norm statistics)
+            ready = [next_batch(self, batches, i, timer) for i in range(self.train_cfg.grad_accum)]
             while done < self.train_cfg.grad_accum:
-                batch = next_batch(self, batches, done, timer)
+                # a skipped (non-finite) micro-batch is replaced by the next one
+                batch = ready.pop(0) if ready else next_batch(self, batches, done, timer)
                 if flops_step is None:
                     flops_step = self.flops_per_step(batch)
                 logs = self.micro_step(batch)

@@ -4,7 +4,9 @@ The loaders retry a shard through their budget (:mod:`vqvdm_scale.data.shard_ope
 :class:`~vqvdm_scale.formats.faults.StorageUnreachable` on the rank that reads it. That rank alone cannot
 save (a DeepSpeed save needs every rank), so the ranks agree after each batch fetch, as they do on stop
 signals, and every rank saves the last finished step with the loader state of that step's start: the
-re-run continues at the exact sample, never with a changed epoch.
+re-run continues at the exact sample, never with a changed epoch. A step reads all its micro-batches
+before it computes any (:meth:`~vqvdm_scale.train.loop.Trainer.fit`), so with gradient accumulation too
+the store is lost between steps, not half-way through one.
 """
 
 from __future__ import annotations
