@@ -1,12 +1,15 @@
 """Fewer steps at equal quality: at how many steps do DPM-Solver++(2M) samples match 100-step DDIM?
 
     python benchmarks/sampler_steps.py --quickstart runs/quickstart [--steps 5,10,15,20,25] [--per-class 16]
+        [--bf16]
 
 From a finished quickstart (its LDM run, tokenizer and video shards) it samples ``--per-class`` videos of
 every class at guidance ``--guidance`` (the quickstart's 2) with
 1. 100-step DDIM (``--reference-steps``) at ``--noise-sets`` seed sets: set 0 is the reference, the others
    measure the run-to-run noise (the same sampler, other seeds);
-2. DPM-Solver++(2M) and DDIM at each of ``--steps``, at the reference's seeds (the same initial noise).
+2. DPM-Solver++(2M) and DDIM at each of ``--steps``, at the reference's seeds (the same initial noise);
+3. with ``--bf16``, the reference's sampler, steps and seeds again with ``sample.precision=bf16`` (U-Net
+   and decoder under bf16 autocast), judged like the rest.
 
 Every sample set is scored by the quickstart's quality check (colour-test class accuracy,
 :mod:`vqvdm_scale.metrics.synthetic_check`) and by FVD with the random-weight I3D the tests use
@@ -75,7 +78,7 @@ def sample_set(
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + k)
         with torch.no_grad():
             z = generate_latents(sm.net, sm.diffusion, sm.spec, y, cfg, generator=g)
-            videos.append(decode_latents(tokenizer, z, sm.spec, cfg.quantize))
+            videos.append(decode_latents(tokenizer, z, sm.spec, cfg.quantize, cfg.precision))
         zs.append(z)
     sample_s = time.perf_counter() - t0
     video = torch.cat(videos)
@@ -112,7 +115,11 @@ def matches(r: dict[str, Any], reference: dict[str, Any], noise: dict[str, float
 
 def smallest_match(rows: list[dict[str, Any]], sampler: str) -> Optional[int]:
     """The fewest steps of ``sampler`` whose row matches the reference (None when no count does)."""
-    ok = [r["steps"] for r in rows if r["sampler"] == sampler and r["matches"]]
+    ok = [
+        r["steps"]
+        for r in rows
+        if r["sampler"] == sampler and r.get("precision", "fp32") == "fp32" and r["matches"]
+    ]
     return min(ok) if ok else None
 
 
@@ -125,6 +132,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     p.add_argument("--per-class", type=int, default=16, help="videos per class in each set")
     p.add_argument("--guidance", type=float, default=2.0, help="classifier-free guidance (quickstart: 2)")
     p.add_argument("--batch", type=int, default=32, help="videos per sampler call")
+    p.add_argument("--bf16", action="store_true", help="also the reference in sample.precision=bf16")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", default="runs/sampler_steps.json", help="where the results JSON goes")
     args = p.parse_args(argv)
@@ -169,11 +177,14 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     real_feats = np.concatenate([detector(torch.stack(real[i : i + 8])) for i in range(0, len(real), 8)])
     print(f"real: {len(real)} clips of {t}x{size}x{size} from {qs / 'shards'}", flush=True)
 
-    def run(sampler: str, n: int, seed: int) -> dict[str, Any]:
-        cfg = SampleConfig(sampler=sampler, steps=n, guidance=args.guidance, seed=seed)  # type: ignore[arg-type]
+    def run(sampler: str, n: int, seed: int, precision: str = "fp32") -> dict[str, Any]:
+        cfg = SampleConfig(sampler=sampler, steps=n, guidance=args.guidance, seed=seed, precision=precision)  # type: ignore[arg-type]
         out = sample_set(sm, tokenizer, detector, labels, cfg, args.batch)
-        print(f"  {sampler} {n} steps, seed set {seed}: {out['sample_s']:.1f} s sampling", flush=True)
-        return out
+        print(
+            f"  {sampler} {n} steps {precision}, seed set {seed}: {out['sample_s']:.1f} s sampling",
+            flush=True,
+        )
+        return {**out, "precision": precision}
 
     refs = [run("ddim", args.reference_steps, s) for s in range(args.noise_sets)]
     ref = refs[0]
@@ -183,6 +194,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
             "sampler": sampler,
             "steps": n,
             "seed_set": seed,
+            "precision": s.get("precision", "fp32"),
             "class_accuracy": s["class_accuracy"],
             "fvd_to_reference": max(0.0, _fvd(s["features"], ref["features"])),
             "fvd_to_real": _fvd(s["features"], real_feats),
@@ -195,6 +207,8 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     for sampler in ("dpmpp2m", "ddim"):
         for n in steps:
             rows.append(row(sampler, n, 0, run(sampler, n, 0)))
+    if args.bf16:
+        rows.append(row("ddim", args.reference_steps, 0, run("ddim", args.reference_steps, 0, "bf16")))
     for r in rows:
         r["matches"] = matches(r, rows[0], noise)
     table = [
@@ -202,6 +216,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
             "sampler": r["sampler"],
             "steps": str(r["steps"]),
             "seeds": str(r["seed_set"]),
+            "precision": r["precision"],
             "class acc.": f"{r['class_accuracy']:.3f}",
             "FVD to DDIM-100": f"{r['fvd_to_reference']:.3f}",
             "FVD to real": f"{r['fvd_to_real']:.2f}",

@@ -3,11 +3,12 @@
 ``python -m benchmarks.sampling [--config ldm/B.yaml] [--steps 100] [--guidance 4] [--repeats N]
 [--threads N] [a.b=c ...]``
 
-One class-conditional video per run, fp32 on CPU, through the functions the sampler and the trainer's
-sample videos use: ``generate_latents`` (vqvdm_scale.sample.api: DDIM with the config's ``sample`` and
-``diffusion`` sections; any guidance weight other than 0 and 1 runs the conditional and unconditional
-passes as one batch-of-2 forward per step) and, for the latent model, ``decode_latents`` (nearest-code
-quantisation when ``sample.quantize``, then the tokenizer's decoder). The networks are the ones
+One class-conditional video per run on CPU, in ``sample.precision`` (fp32 unless overridden), through
+the functions the sampler and the trainer's sample videos use: ``generate_latents``
+(vqvdm_scale.sample.api: DDIM with the config's ``sample`` and ``diffusion`` sections; any guidance
+weight other than 0 and 1 runs the conditional and unconditional passes as one batch-of-2 forward per
+step) and, for the latent model, ``decode_latents`` (nearest-code quantisation when ``sample.quantize``,
+then the tokenizer's decoder). The networks are the ones
 ``benchmarks.ldm`` trains (default config ``ldm/B.yaml``):
 
 - latent (VQ-VDM style): the config's U-Net on the latents of its stage-1 config (B: the vqvdm
@@ -38,7 +39,7 @@ from vqvdm_scale.formats.latent_shards import LatentStats
 from vqvdm_scale.formats.ldm_export import LatentSpec
 from vqvdm_scale.models.tokenizer import VQTokenizer
 from vqvdm_scale.models.unet.model import UNet3D
-from vqvdm_scale.sample.api import SampleConfig, decode_latents, generate_latents
+from vqvdm_scale.sample.api import SampleConfig, compile_for_sampling, decode_latents, generate_latents
 
 __all__ = ["COLUMNS", "PAPER_SECONDS", "bench_sampler", "choose_timed_steps", "main"]
 
@@ -85,6 +86,9 @@ def bench_sampler(
     c = shape[0]
     latent = LatentSpec(tuple(shape), LatentStats(torch.zeros(c), torch.ones(c)), fps=UCF_FPS)  # type: ignore[arg-type]
     labels = torch.zeros(1, dtype=torch.long)
+    tok = VQTokenizer(vq.model).eval() if kind == "latent" else None
+    if sample.compile:  # compiled in the warm-up calls below, not timed
+        net = compile_for_sampling(net, tok)  # type: ignore[assignment]
 
     def run(k: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(sample.seed)
@@ -101,7 +105,11 @@ def bench_sampler(
 
     step_flops = common.count_flops_meta(build_step)
     t0 = time.perf_counter()
-    z = run(1)  # warm-up: one guided step
+    z = run(1)  # warm-up: one guided step (and the compile, with sample.compile)
+    warmup_s = time.perf_counter() - t0
+    if sample.compile:
+        t0 = time.perf_counter()
+        z = run(1)
     k = choose_timed_steps(sample.steps, time.perf_counter() - t0, timed_steps, step_budget_s)
     timing = common.time_call(lambda: run(k), repeats, warmup=0, budget_s=budget_s)
     per_step = timing.median / k
@@ -121,12 +129,18 @@ def bench_sampler(
         "decode_s": 0.0,
         "decode_flops": 0,
         "paper_s": PAPER_SECONDS[kind],
+        "warmup_s": warmup_s,
         "timings_label": f"steps {timing.label()}",
     }
-    if kind == "latent":
-        tok = VQTokenizer(vq.model).eval()
+    if tok is not None:
+        t0 = time.perf_counter()
+        decode_latents(tok, z, latent, sample.quantize, sample.precision)  # warm-up (compile)
+        result["warmup_s"] += time.perf_counter() - t0
         dec = common.time_call(
-            lambda: decode_latents(tok, z, latent, sample.quantize), repeats, budget_s=budget_s
+            lambda: decode_latents(tok, z, latent, sample.quantize, sample.precision),
+            repeats,
+            warmup=0,
+            budget_s=budget_s,
         )
 
         def build_decoder() -> Callable[[], Any]:
@@ -155,6 +169,7 @@ def _row(r: dict[str, Any]) -> dict[str, str]:
         "s/video": common.fmt(r["s_per_video"]) + (" (scaled)" if r["scaled"] else ""),
         "GFLOPs/video": common.fmt(r["flops_per_video"] / 1e9),
         "paper s/video (GPU)": f"{r['paper_s']:.2f}",
+        "warm-up s": common.fmt(r["warmup_s"]),
         "timings": r["timings_label"],
     }
 
@@ -199,7 +214,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     info = common.machine_info()
     print(
         f"Sampling speed ({names[0]}): one video, generate_latents with {sample.steps} DDIM steps, "
-        f"classifier-free guidance w={sample.guidance} (cond + uncond as one batch of 2), fp32"
+        f"classifier-free guidance w={sample.guidance} (cond + uncond as one batch of 2), {sample.precision}"
     )
     print(common.machine_line(info))
     rows = [

@@ -35,6 +35,10 @@ FLAGS = {
     ),
     "no-quantize": Flag("sample.quantize", "decode raw latents without snapping to the codebook", False),
     "seed": Flag("sample.seed", "base seed"),
+    "precision": Flag("sample.precision", "fp32, or bf16 (U-Net and decoder under bf16 autocast)"),
+    "compile": Flag(
+        "sample.compile", "torch.compile the U-Net and decoder, weights frozen (one-time compile)"
+    ),
     "fps": Flag(
         "fps", "frame rate of the generated clips: the model's fps input and the files' (null: training's)"
     ),

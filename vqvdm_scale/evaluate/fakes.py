@@ -118,7 +118,7 @@ class ModelFakes:
             y = torch.tensor(labels, device=self.device)
             spec = self.model.spec
             z = generate_latents(self.model.net, self.model.diffusion, spec, y, cfg, generator=g)
-            video = decode_latents(self.tokenizer, z, spec, cfg.quantize)
+            video = decode_latents(self.tokenizer, z, spec, cfg.quantize, cfg.precision)
             u8 = torch.from_numpy(to_uint8(video[:, :, :frames])).permute(0, 4, 1, 2, 3)  # [B, 3, T, H, W]
             yield FakeBatch(idx, u8.contiguous(), labels, z.float().cpu())
 

@@ -226,11 +226,14 @@ def _lpips(cfg: EvalConfig, device: torch.device) -> Any:
 def _open_sources(cfg: EvalConfig, device: torch.device) -> tuple[Any, Optional[Fakes]]:
     """The tokenizer (if one is given) and the generated videos: files, or a model to sample from."""
     from vqvdm_scale.formats.tokenizer_export import load_tokenizer
+    from vqvdm_scale.sample.api import compile_for_sampling
     from vqvdm_scale.sample.main import load_model_and_tokenizer
 
     if cfg.run:
         ema = _ema_path(cfg)
         sm, tokenizer = load_model_and_tokenizer(ema, str(cfg.tokenizer), device)
+        if cfg.sample.compile:
+            sm.net = compile_for_sampling(sm.net, tokenizer)  # type: ignore[assignment]
         return tokenizer, ModelFakes(sm, tokenizer, cfg.sample, device, str(ema), cfg.progress)
     tokenizer = None
     if cfg.tokenizer:

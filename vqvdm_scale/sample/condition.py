@@ -25,7 +25,7 @@ from vqvdm_scale.config.core import UserError
 from vqvdm_scale.diffusion import GaussianDiffusion, make_clip_sampler, sample_long_video
 from vqvdm_scale.formats.ldm_export import LatentSpec
 from vqvdm_scale.models.tokenizer import VQTokenizer
-from vqvdm_scale.sample.api import SampleConfig, extension_plan
+from vqvdm_scale.sample.api import SampleConfig, extension_plan, in_precision
 
 __all__ = ["conditioned_latents", "encode_condition", "known_latent_frames", "load_condition_clip"]
 
@@ -124,7 +124,7 @@ def conditioned_latents(
         )
     overlap, _ = extension_plan(mode, cfg, t)
     sampler = make_clip_sampler(
-        net,
+        in_precision(net, cfg.precision),
         diffusion,
         (b, *spec.shape),
         y=labels if num_classes > 0 else None,

@@ -33,7 +33,13 @@ from vqvdm_scale.formats.remote_files import is_url
 from vqvdm_scale.formats.tokenizer_export import load_tokenizer
 from vqvdm_scale.models.tokenizer import VQTokenizer
 from vqvdm_scale.monitor.progress import JobProgress, duration, is_terminal
-from vqvdm_scale.sample.api import SampleConfig, decode_latents, generate_latents, write_videos
+from vqvdm_scale.sample.api import (
+    SampleConfig,
+    compile_for_sampling,
+    decode_latents,
+    generate_latents,
+    write_videos,
+)
 from vqvdm_scale.sample.condition import (
     conditioned_latents,
     encode_condition,
@@ -170,6 +176,8 @@ def main(cfg: SampleRunConfig) -> list[Path]:
         print(describe_rank(device), flush=True)
     sm, tokenizer = load_model_and_tokenizer(ema_path, cfg.tokenizer, device)
     num_classes = sm.net.config.num_classes
+    if cfg.sample.compile:
+        sm.net = compile_for_sampling(sm.net, tokenizer)  # type: ignore[assignment]
     if cfg.class_id is not None and not 0 <= cfg.class_id < max(num_classes, 1):
         raise UserError(
             f"--class-id {cfg.class_id} is outside the model's {num_classes} classes {sm.classes}"
@@ -197,13 +205,15 @@ def main(cfg: SampleRunConfig) -> list[Path]:
             z = generate_latents(
                 sm.net, sm.diffusion, sm.spec, y, cfg.sample, fps=fps_in, generator=g, progress=steps_bar
             )
-            video = decode_latents(tokenizer, z, sm.spec, cfg.sample.quantize)
+            video = decode_latents(tokenizer, z, sm.spec, cfg.sample.quantize, cfg.sample.precision)
         else:
             real, known_z, known = cond
             z = conditioned_latents(
                 sm.net, sm.diffusion, sm.spec, known_z, known, y, cfg.sample, generator=g, cfg_fps=fps
             )
-            video = side_by_side(real, decode_latents(tokenizer, z, sm.spec, cfg.sample.quantize))
+            video = side_by_side(
+                real, decode_latents(tokenizer, z, sm.spec, cfg.sample.quantize, cfg.sample.precision)
+            )
         names = [
             f"video_{i:05d}_class{c:03d}_{_slug(sm.classes, c)}" for i, c in zip(idx, labels, strict=True)
         ]

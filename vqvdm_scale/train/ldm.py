@@ -67,6 +67,11 @@ class LDMRunConfig:
     object_store: ObjectStoreConfig = field(default_factory=ObjectStoreConfig)
 
     def __post_init__(self) -> None:
+        if self.sample.compile:
+            raise ConfigError(
+                "sample.compile freezes the weights into the compiled graph, which training's sample videos "
+                "cannot use (the weights move): set it for sample.py or evaluate.py, not here"
+            )
         if self.diffusion.context_mode != "none" and not self.model.context_frames:
             raise ConfigError(
                 f"diffusion.context_mode={self.diffusion.context_mode!r} needs model.context_frames=true"
@@ -266,7 +271,9 @@ class LDMTrainer(Trainer):
             dataclasses.replace(self.cfg.sample, num_clips=1),
             generator=g,
         )
-        video = decode_latents(self.tokenizer, z, self.spec, self.cfg.sample.quantize)
+        video = decode_latents(
+            self.tokenizer, z, self.spec, self.cfg.sample.quantize, self.cfg.sample.precision
+        )
         self.logger.video("samples/class_conditional", video, step, fps=self.spec.fps)
 
     def eval_every(self) -> int:
