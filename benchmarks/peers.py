@@ -123,7 +123,8 @@ def _ours_sampling(spec: dict[str, Any], sizes: Sizes) -> dict[str, Any]:
         net_spec, sample, spec["repeats"], spec["timed_steps"], spec["step_budget_s"], spec["budget_s"]
     )
     return {
-        "what": f"{sizes.ldm} U-Net, DDIM w={sample.guidance} (batch 2) + decode, {sample.precision}",
+        "what": f"{sizes.ldm} U-Net, DDIM w={sample.guidance} (batch 2) + decode, {sample.precision}"
+        + (", compiled" if sample.compile else ""),
         "video": r["video"],
         "params": sum(p.numel() for p in _ours_unet(cfg).parameters()),
         "s_per_step": r["s_per_step"],

@@ -56,6 +56,7 @@ COLUMNS = [
     "s/video",
     "GFLOPs/video",
     "paper s/video (GPU)",
+    "warm-up s",
     "timings",
 ]
 

@@ -112,7 +112,8 @@ def test_compiled_sampling_freezes_the_weights_and_gives_the_eager_answer(
 def test_training_refuses_sample_compile() -> None:
     from tests.conftest import REPO
     from vqvdm_scale.config import load_config
-    from vqvdm_scale.train.ldm import LDMRunConfig
+    from vqvdm_scale.train.ldm import LDMRunConfig, main
 
+    cfg = load_config(LDMRunConfig, REPO / "configs" / "ldm" / "tiny.yaml", ["sample.compile=true"])
     with pytest.raises(ConfigError, match="sample.compile freezes the weights"):
-        load_config(LDMRunConfig, REPO / "configs" / "ldm" / "tiny.yaml", ["sample.compile=true"])
+        main(cfg)  # before anything is read or built
